@@ -1,0 +1,177 @@
+"""TorchServe handler for torchvision image classifiers archived by this toolkit.
+
+Runs inside TorchServe, so it imports only torch, torchvision, Pillow, TorchServe and its sibling
+files packed into the same archive. Everything model-specific (preprocessing, top-k, threads,
+limits) comes from the ``handler:`` section of the archive's ``model-config.yaml``.
+
+Lifecycle, one short stage each (each testable without a server):
+    decode_request   one TorchServe request -> (input tensor, top-k) or BadInput
+    inference        the good inputs of a batch -> probabilities, in one forward pass
+    encode_response  one probability row -> {"label": probability, ...}, best first
+``handle`` ties them together; a bad request gets its own 4xx inside a successful batch
+(``context.set_response_status``), so it never fails the requests batched with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+from handler_settings import HandlerSettings
+from image_decoding import decode_rgb
+from input_errors import BadInput, bad_request
+from PIL import Image
+from request_payload import extract_payload
+from torchvision.transforms import functional as F
+
+logger = logging.getLogger(__name__)
+
+#: A decoded request: its model input and top-k, or the error to answer it with.
+Decoded = tuple[torch.Tensor, int] | BadInput
+
+
+def preprocess_image(image: Image.Image, settings: HandlerSettings) -> torch.Tensor:
+    """Exactly torchvision's ``ImageClassification`` (what ``weights.transforms()`` returns)."""
+    image = F.resize(
+        image, [settings.resize_size], interpolation=settings.interpolation, antialias=True
+    )
+    image = F.center_crop(image, [settings.crop_size])
+    tensor = F.convert_image_dtype(F.pil_to_tensor(image), torch.float)
+    return F.normalize(tensor, mean=list(settings.mean), std=list(settings.std))
+
+
+def parse_topk(raw: Any, num_classes: int) -> int:
+    """A positive integer, clamped to the number of classes."""
+    if isinstance(raw, (bytes, bytearray)):
+        raw = raw.decode("utf-8", errors="replace")
+    text = str(raw).strip()
+    if isinstance(raw, bool) or not text.lstrip("+").isdigit() or int(text) < 1:
+        raise bad_request("InvalidOption", f"topk must be a positive integer, got {text[:40]!r}")
+    return min(int(text), num_classes)
+
+
+def decode_request(
+    request: dict[str, Any], headers: dict[str, str], settings: HandlerSettings, num_classes: int
+) -> tuple[torch.Tensor, int]:
+    """One request (and its lower-cased HTTP headers) -> its model input and its top-k;
+    raises :class:`BadInput`."""
+    payload = extract_payload(request, headers)
+    topk = parse_topk(payload.options.get("topk", settings.topk), num_classes)
+    image = decode_rgb(
+        payload.image,
+        max_pixels=settings.max_image_pixels,
+        draft_min_side=settings.jpeg_draft_factor * settings.resize_size,
+    )
+    return preprocess_image(image, settings), topk
+
+
+def encode_response(probabilities: torch.Tensor, topk: int, labels: list[str]) -> dict[str, float]:
+    """The stock handler's shape, ``{"label": probability}`` best first.
+
+    ImageNet repeats two names ("crane", "maillot"); a repeated label keeps its best score.
+    """
+    scores, indices = probabilities.topk(topk)
+    response: dict[str, float] = {}
+    for score, index in zip(scores.tolist(), indices.tolist(), strict=True):
+        response.setdefault(labels[index], score)
+    return response
+
+
+def load_labels(model_dir: str) -> list[str]:
+    with open(os.path.join(model_dir, "index_to_name.json")) as f:
+        mapping = json.load(f)
+    names = {int(k): (v[-1] if isinstance(v, list) else v) for k, v in mapping.items()}
+    return [names[i] for i in range(len(names))]
+
+
+def load_model(path: str, model_format: str) -> torch.jit.ScriptModule:
+    if model_format != "torchscript":
+        raise ValueError(f"this handler serves TorchScript files, not {model_format!r}")
+    return torch.jit.load(path, map_location="cpu").eval()
+
+
+def http_headers(context: Any, idx: int) -> dict[str, str]:
+    """A request's HTTP headers with lower-case names (TorchServe keeps the client's case and
+    mixes in per-field content types, which are dicts)."""
+    found = context.get_all_request_header(idx) or {}
+    return {name.lower(): value for name, value in found.items() if isinstance(value, str)}
+
+
+class ResNetClassifierHandler:
+    """TorchServe entry point: ``initialize`` once per worker, ``handle`` once per batch."""
+
+    def __init__(self) -> None:
+        self.initialized = False
+
+    def initialize(self, context: Any) -> None:
+        model_dir = context.system_properties["model_dir"]
+        self.settings = HandlerSettings.from_config(context.model_yaml_config.get("handler", {}))
+        torch.set_num_threads(self.settings.intra_op_threads)
+        serialized = context.manifest["model"]["serializedFile"]
+        self.model = load_model(os.path.join(model_dir, serialized), self.settings.model_format)
+        self.labels = load_labels(model_dir)
+        self._warm_up()
+        self.initialized = True
+        logger.info(
+            "loaded %s: %d classes, %d threads, preprocessing resize %d crop %d",
+            serialized,
+            len(self.labels),
+            self.settings.intra_op_threads,
+            self.settings.resize_size,
+            self.settings.crop_size,
+        )
+
+    def _warm_up(self) -> None:
+        """Run the model before the first request (TorchScript optimises on its first calls)
+        and check that its outputs match the label map."""
+        size = self.settings.crop_size
+        for batch in (1, 2, 1):
+            logits = self.inference(torch.zeros(batch, 3, size, size))
+        if logits.shape[1] != len(self.labels):
+            raise ValueError(
+                f"the model has {logits.shape[1]} outputs but index_to_name.json has "
+                f"{len(self.labels)} labels"
+            )
+
+    def preprocess(
+        self, requests: list[dict[str, Any]], headers: list[dict[str, str]]
+    ) -> list[Decoded]:
+        decoded: list[Decoded] = []
+        for request, request_headers in zip(requests, headers, strict=True):
+            try:
+                decoded.append(
+                    decode_request(request, request_headers, self.settings, len(self.labels))
+                )
+            except BadInput as err:
+                decoded.append(err)
+        return decoded
+
+    def inference(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(batch).softmax(dim=1)
+
+    def postprocess(
+        self, decoded: list[Decoded], probabilities: torch.Tensor
+    ) -> list[dict[str, Any]]:
+        rows = iter(probabilities)
+        return [
+            item.body()
+            if isinstance(item, BadInput)
+            else encode_response(next(rows), item[1], self.labels)
+            for item in decoded
+        ]
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
+        decoded = self.preprocess(data, [http_headers(context, idx) for idx in range(len(data))])
+        good = [item[0] for item in decoded if not isinstance(item, BadInput)]
+        probabilities = self.inference(torch.stack(good)) if good else torch.empty(0)
+        for idx, item in enumerate(decoded):
+            context.set_response_content_type(idx, "application/json")
+            if isinstance(item, BadInput):
+                context.set_response_status(item.status, item.kind, idx)
+                fields = {k: type(v).__name__ for k, v in data[idx].items()}
+                logger.info("request %d refused: %d %s %s", idx, item.status, item.message, fields)
+        return self.postprocess(decoded, probabilities)

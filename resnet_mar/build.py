@@ -1,0 +1,106 @@
+"""Build one model's archive inputs: serialized model, label map, model-config and provenance.
+
+Layout written under the build folder (``archive.sh`` packs it, nothing else):
+
+    build/<name>.pt                      the compiled model (``.onnx`` for FORMAT=onnx, ...)
+    build/<name>.json                    provenance: weights, preprocessing, parity, versions
+    build/<name>/index_to_name.json      the label map shipped in the archive
+    build/<name>/model-config.yaml       serving settings + preprocessing for TorchServe/handler
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+import yaml
+
+from resnet_mar.architectures import check_architecture
+from resnet_mar.export import EXPORTERS, prepare_for_inference
+from resnet_mar.labels import write_label_map
+from resnet_mar.parity import check_parity, parity_inputs
+from resnet_mar.serving_settings import serving_settings
+from resnet_mar.weights import load_weights, sha256_of
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    architecture: str
+    weights: str = "DEFAULT"
+    labels: Path | None = None
+    name: str | None = None
+    model_format: str = "torchscript"
+    seed: int = 0
+    models_served_together: int = 1
+
+    @property
+    def model_name(self) -> str:
+        return self.name or self.architecture
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    name: str
+    model_file: Path
+    provenance_file: Path
+    archive_dir: Path
+    provenance: dict[str, Any]
+
+
+class BuildError(ValueError):
+    """Raised for a build request that cannot be honoured (bad format, bad name)."""
+
+
+def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:
+    """Load weights, compile, check parity, and write the archive inputs for one model."""
+    arch = check_architecture(request.architecture)
+    if request.model_format not in EXPORTERS:
+        raise BuildError(f"unknown FORMAT {request.model_format!r}; valid: {', '.join(EXPORTERS)}")
+    name = request.model_name
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise BuildError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
+    loaded = load_weights(arch, request.weights, labels=request.labels, seed=request.seed)
+    eager = prepare_for_inference(loaded.model)
+
+    suffix, exporter = EXPORTERS[request.model_format]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_file = out_dir / f"{name}{suffix}"
+    compiled = exporter(eager, model_file, loaded.preprocessing.crop_size)
+    parity = check_parity(eager, compiled, parity_inputs(loaded.preprocessing.crop_size))
+
+    archive_dir = out_dir / name
+    write_label_map(loaded.categories, archive_dir / "index_to_name.json")
+    settings = serving_settings(
+        arch,
+        loaded.preprocessing,
+        model_format=request.model_format,
+        models_served_together=request.models_served_together,
+    )
+    (archive_dir / "model-config.yaml").write_text(
+        yaml.safe_dump(settings.model_config(), sort_keys=False)
+    )
+
+    provenance = {
+        "name": name,
+        "architecture": arch,
+        "format": request.model_format,
+        "weights": {"requested": request.weights, **loaded.provenance},
+        "num_classes": len(loaded.categories),
+        "preprocessing": loaded.preprocessing.as_dict(),
+        "parity": parity.as_dict(),
+        "model_file": model_file.name,
+        "sha256": sha256_of(model_file),
+        "versions": {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    provenance_file = out_dir / f"{name}.json"
+    provenance_file.write_text(json.dumps(provenance, indent=2) + "\n")
+    return BuildResult(name, model_file, provenance_file, archive_dir, provenance)

@@ -1,0 +1,137 @@
+"""Command line of the build side: ``python -m resnet_mar <command>`` (the Makefile calls it)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from resnet_mar.architectures import SUPPORTED_ARCHITECTURES, UnknownArchitectureError
+from resnet_mar.build import BuildError, BuildRequest, build_model
+from resnet_mar.labels import LabelMapError, imagenet_categories, write_label_map
+from resnet_mar.parity import ParityError
+from resnet_mar.torchserve import ServerError
+from resnet_mar.weights import WeightsError
+
+USER_ERRORS = (
+    UnknownArchitectureError,
+    WeightsError,
+    LabelMapError,
+    ParityError,
+    BuildError,
+    ServerError,
+)
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    if args.name and len(args.models) != 1:
+        raise BuildError("NAME renames one model: give exactly one entry in MODELS")
+    together = args.served_together or len(args.models)
+    for position, arch in enumerate(args.models, 1):
+        request = BuildRequest(
+            architecture=arch,
+            weights=args.weights,
+            labels=args.labels,
+            name=args.name,
+            model_format=args.format,
+            seed=args.seed,
+            models_served_together=together,
+        )
+        print(
+            f"[{position}/{len(args.models)}] {request.model_name}: {arch}, "
+            f"weights={args.weights}, format={args.format} ...",
+            flush=True,
+        )
+        result = build_model(request, args.out)
+        parity = result.provenance["parity"]
+        print(
+            f"    wrote {result.model_file} and {result.provenance_file} "
+            f"(parity: top-5 identical, max |diff| {parity['max_abs_diff']:.2e} "
+            f"<= {parity['tolerance']:.2e} on {parity['inputs']} inputs)",
+            flush=True,
+        )
+
+
+def cmd_labels(args: argparse.Namespace) -> None:
+    path = write_label_map(imagenet_categories(), args.out)
+    print(f"wrote {path} ({len(imagenet_categories())} ImageNet classes from torchvision)")
+
+
+def cmd_wait_ready(args: argparse.Namespace) -> None:
+    from resnet_mar.torchserve import Endpoints, wait_until_ready
+
+    endpoints = Endpoints.from_config(args.config.read_text())
+    statuses = wait_until_ready(
+        endpoints.management, args.models, timeout_s=args.timeout, log_file=args.log
+    )
+    for name in args.models:
+        print(f"{name}: {len(statuses[name])} worker(s) READY")
+        print(f"  curl -T photo.jpg {endpoints.inference}/predictions/{name}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from resnet_mar.client import predict
+
+    for image in args.images:
+        answer = predict(args.url, args.model, image, topk=args.topk)
+        print(f"{image}: {json.dumps(answer)}")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m resnet_mar", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="compile models and write their archive inputs")
+    build.add_argument(
+        "--models",
+        nargs="+",
+        default=["resnet18", "resnet50"],
+        help=f"any of: {' '.join(SUPPORTED_ARCHITECTURES)}",
+    )
+    build.add_argument(
+        "--weights",
+        default="DEFAULT",
+        help="DEFAULT, a weights entry (IMAGENET1K_V2), none, or a checkpoint path",
+    )
+    build.add_argument("--labels", type=Path, help="label map JSON for a checkpoint")
+    build.add_argument("--name", help="served name for a single model (default: its arch)")
+    build.add_argument("--format", default="torchscript")
+    build.add_argument("--seed", type=int, default=0, help="seed of untrained weights")
+    build.add_argument(
+        "--served-together",
+        type=int,
+        default=0,
+        help="models sharing the server's cores (default: number of --models)",
+    )
+    build.add_argument("--out", type=Path, default=Path("build"))
+    build.set_defaults(func=cmd_build)
+
+    labels = sub.add_parser("labels", help="write the ImageNet index_to_name.json")
+    labels.add_argument("--out", type=Path, default=Path("index_to_name.json"))
+    labels.set_defaults(func=cmd_labels)
+
+    wait = sub.add_parser("wait-ready", help="wait until served models are READY")
+    wait.add_argument("--config", type=Path, default=Path("config.properties"))
+    wait.add_argument("--models", nargs="+", required=True)
+    wait.add_argument("--timeout", type=float, default=300)
+    wait.add_argument("--log", type=Path, default=Path("logs/ts_log.log"))
+    wait.set_defaults(func=cmd_wait_ready)
+
+    predict = sub.add_parser("predict", help="send images to a served model")
+    predict.add_argument("--url", default="http://127.0.0.1:8080")
+    predict.add_argument("--model", default="resnet18")
+    predict.add_argument("--topk", type=int)
+    predict.add_argument("images", nargs="+", type=Path)
+    predict.set_defaults(func=cmd_predict)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

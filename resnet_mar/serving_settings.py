@@ -1,0 +1,90 @@
+"""How each model is served: the one place that decides workers, threads, batching and limits.
+
+The result is written into the model's own ``model-config.yaml`` inside its archive (TorchServe
+reads the top-level keys, the handler reads ``handler:``), so an archive carries everything it
+needs, as a Triton model folder does.
+
+Why these defaults (measured on 2 cores, see README "Benchmark"):
+* one worker per model, and intra-op threads = cores / models served together: workers x threads
+  never exceed the cores, which is what made the stock set-up collapse under concurrent load;
+* batches of up to 8 gathered for at most a few milliseconds: a lone request waits only that
+  long, while a loaded server fills each batch from its queue without waiting at all;
+* a bounded queue: past it TorchServe answers 503 at once instead of letting latency grow.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from resnet_mar.weights import Preprocessing
+
+#: Larger batches beyond this add latency without adding throughput on CPU.
+BATCH_SIZE = 8
+MAX_BATCH_DELAY_MS = 5
+#: A 12-megapixel phone photo is fine; a decompression bomb is refused before it is decoded.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    architecture: str
+    model_format: str
+    preprocessing: Preprocessing
+    intra_op_threads: int
+    batch_size: int = BATCH_SIZE
+    max_batch_delay_ms: int = MAX_BATCH_DELAY_MS
+    workers: int = 1
+    response_timeout_s: int = 120
+    startup_timeout_s: int = 300
+    job_queue_size: int = 256
+    topk: int = 5
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    # JPEGs whose shorter side is at least this factor times the resize size are decoded at
+    # reduced scale (Pillow draft mode): a 12 MP photo costs about what a 1 MP one does.
+    jpeg_draft_factor: int = 2
+
+    def model_config(self) -> dict[str, Any]:
+        """The ``model-config.yaml`` content TorchServe and the handler read."""
+        return {
+            "minWorkers": self.workers,
+            "maxWorkers": self.workers,
+            "batchSize": self.batch_size,
+            "maxBatchDelay": self.max_batch_delay_ms,
+            "responseTimeout": self.response_timeout_s,
+            "startupTimeout": self.startup_timeout_s,
+            "jobQueueSize": self.job_queue_size,
+            "deviceType": "cpu",
+            "handler": {
+                "architecture": self.architecture,
+                "format": self.model_format,
+                "preprocessing": self.preprocessing.as_dict(),
+                "intra_op_threads": self.intra_op_threads,
+                "topk": self.topk,
+                "max_image_pixels": self.max_image_pixels,
+                "jpeg_draft_factor": self.jpeg_draft_factor,
+            },
+        }
+
+
+def threads_per_model(models_served_together: int, cores: int | None = None) -> int:
+    """Split the cores between the models of one server so that they never oversubscribe."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, models_served_together))
+
+
+def serving_settings(
+    architecture: str,
+    preprocessing: Preprocessing,
+    *,
+    model_format: str,
+    models_served_together: int,
+    cores: int | None = None,
+) -> ServingSettings:
+    return ServingSettings(
+        architecture=architecture,
+        model_format=model_format,
+        preprocessing=preprocessing,
+        intra_op_threads=threads_per_model(models_served_together, cores),
+    )
