@@ -2,7 +2,8 @@
 # Pack built models into TorchServe archives: model_store/<name>.mar for each name given.
 #
 # Thin glue around torch-model-archiver. Every input was made by `python -m resnet_mar build`:
-#   build/<name>.pt (or .onnx)  build/<name>/index_to_name.json  build/<name>/model-config.yaml
+#   build/<name>.pt (.onnx, .pt2: one per FORMAT)  build/<name>.json (provenance, names it)
+#   build/<name>/index_to_name.json  build/<name>/model-config.yaml
 # Usage: archive.sh [-b BUILD_DIR] [-s MODEL_STORE] [-v VERSION] NAME...
 set -euo pipefail
 
@@ -26,17 +27,22 @@ handler_extras=$(ls "$here"/handlers/*.py | grep -v '/resnet_handler.py$' | past
 mkdir -p "$model_store"
 
 for name in "$@"; do
-  model_file=$(ls "$build_dir/$name".pt "$build_dir/$name".onnx 2>/dev/null | head -n 1 || true)
-  for needed in "$model_file" "$build_dir/$name/index_to_name.json" "$build_dir/$name/model-config.yaml"; do
-    if [ -z "$needed" ] || [ ! -f "$needed" ]; then
-      echo "archive.sh: $name: missing ${needed:-$build_dir/$name.pt}; build it first (make script)" >&2
+  # The model file the last build wrote and checked, as its provenance names it: a build in
+  # another FORMAT leaves the previous format's file behind, which must never be packed.
+  provenance="$build_dir/$name.json"
+  model_file=$([ -f "$provenance" ] && python3 -c \
+    'import json, sys; print(json.load(open(sys.argv[1]))["model_file"])' "$provenance" || true)
+  for needed in "$provenance" "$build_dir/$model_file" "$build_dir/$name/index_to_name.json" \
+      "$build_dir/$name/model-config.yaml"; do
+    if [ ! -f "$needed" ]; then
+      echo "archive.sh: $name: missing $needed; build it first (make script)" >&2
       exit 1
     fi
   done
   if ! "$archiver" \
       --model-name "$name" \
       --version "$version" \
-      --serialized-file "$model_file" \
+      --serialized-file "$build_dir/$model_file" \
       --handler "$here/handlers/resnet_handler.py" \
       --extra-files "$handler_extras,$build_dir/$name/index_to_name.json" \
       --config-file "$build_dir/$name/model-config.yaml" \

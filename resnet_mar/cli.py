@@ -7,7 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from resnet_mar.architectures import SUPPORTED_ARCHITECTURES, UnknownArchitectureError
+from resnet_mar.architectures import (
+    SUPPORTED_ARCHITECTURES,
+    UnknownArchitectureError,
+    check_architecture,
+)
 from resnet_mar.build import BuildError, BuildRequest, build_model
 from resnet_mar.labels import LabelMapError, imagenet_categories, write_label_map
 from resnet_mar.parity import ParityError
@@ -27,6 +31,8 @@ USER_ERRORS = (
 def cmd_build(args: argparse.Namespace) -> None:
     if args.name and len(args.models) != 1:
         raise BuildError("NAME renames one model: give exactly one entry in MODELS")
+    for arch in args.models:  # all names checked before the first (slow) build
+        check_architecture(arch)
     together = args.served_together or len(args.models)
     for position, arch in enumerate(args.models, 1):
         request = BuildRequest(

@@ -1,0 +1,38 @@
+"""A stand-in for TorchServe's ``Context``: just what the handler touches, so each handler stage
+runs and is checked without a server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class FakeContext:
+    def __init__(self, model_dir: Path, serialized_file: str) -> None:
+        self.system_properties = {"model_dir": str(model_dir)}
+        self.manifest = {"model": {"serializedFile": serialized_file}}
+        self.model_yaml_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+        self.headers: list[dict[str, Any]] = []
+        self.statuses: dict[int, tuple[int, str]] = {}
+        self.content_types: dict[int, str] = {}
+
+    def get_all_request_header(self, idx: int) -> dict[str, Any]:
+        return self.headers[idx] if idx < len(self.headers) else {}
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.statuses[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.content_types[idx] = value
+
+
+def unpacked_model_dir(build_dir: Path, name: str, target: Path) -> Path:
+    """What TorchServe unpacks an archive into: model file, label map, config side by side."""
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(build_dir / f"{name}.pt", target / f"{name}.pt")
+    for member in ("index_to_name.json", "model-config.yaml"):
+        shutil.copy(build_dir / name / member, target / member)
+    return target

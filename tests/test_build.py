@@ -1,0 +1,90 @@
+"""`make script`: TorchScript compilation, the parity check against eager, and what the build
+writes for archive.sh."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from resnet_mar.build import BuildError, BuildRequest, build_model
+from resnet_mar.parity import ParityError, check_parity, parity_inputs
+from resnet_mar.weights import load_weights, sha256_of
+from tests.conftest import CUSTOM_LABELS, REPO_ROOT
+
+
+def test_build_writes_model_labels_config_and_provenance(build_dir: Path) -> None:
+    provenance = json.loads((build_dir / "resnet18.json").read_text())
+    assert provenance["architecture"] == "resnet18"
+    assert provenance["format"] == "torchscript"
+    assert provenance["weights"]["source"] == "untrained"
+    assert provenance["weights"]["trained"] is False
+    assert provenance["sha256"] == sha256_of(build_dir / "resnet18.pt")
+    assert provenance["preprocessing"]["resize_size"] == 256
+    parity = provenance["parity"]
+    assert parity["top5_identical"] is True
+    assert 0 <= parity["max_abs_diff"] <= parity["tolerance"]
+    assert provenance["versions"]["torch"] == torch.__version__
+
+    config = yaml.safe_load((build_dir / "resnet18" / "model-config.yaml").read_text())
+    assert config["batchSize"] >= 4 and config["minWorkers"] == config["maxWorkers"] == 1
+    assert config["handler"]["preprocessing"]["crop_size"] == 224
+    assert config["handler"]["format"] == "torchscript"
+    # Three models served together on this machine's cores: never oversubscribed.
+    cores = __import__("os").cpu_count()
+    assert config["handler"]["intra_op_threads"] * 3 <= max(cores, 3)
+
+    labels = json.loads((build_dir / "resnet18" / "index_to_name.json").read_text())
+    assert len(labels) == 1000
+
+
+def test_scripted_file_matches_the_eager_model(build_dir: Path) -> None:
+    """Independent re-check of what the build claims: same seed, same eager model."""
+    eager = load_weights("resnet18", "none", seed=0).model.eval()
+    scripted = torch.jit.load(str(build_dir / "resnet18.pt"))
+    batch = parity_inputs(224, seed=99)[1]
+    with torch.inference_mode():
+        expected, actual = eager(batch), scripted(batch)
+    assert torch.equal(expected.topk(5).indices, actual.topk(5).indices)
+    assert torch.allclose(expected, actual, rtol=1e-4, atol=1e-4)
+
+
+def test_custom_label_model_ships_its_own_labels(build_dir: Path) -> None:
+    labels = json.loads((build_dir / "flowers" / "index_to_name.json").read_text())
+    assert list(labels.values()) == CUSTOM_LABELS
+    provenance = json.loads((build_dir / "flowers.json").read_text())
+    assert provenance["num_classes"] == len(CUSTOM_LABELS)
+    assert provenance["weights"]["source"] == "checkpoint"
+
+
+def test_parity_check_stops_a_model_that_disagrees() -> None:
+    eager = load_weights("resnet18", "none").model.eval()
+    inputs = parity_inputs(64)
+
+    def drifted(batch: torch.Tensor) -> torch.Tensor:
+        return eager(batch) + 0.05 * torch.randn(batch.shape[0], 1000)
+
+    with pytest.raises(ParityError, match="disagrees with eager"):
+        check_parity(eager, drifted, inputs)
+
+
+def test_bad_requests_stop_the_build(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="unknown FORMAT"):
+        build_model(BuildRequest("resnet18", weights="none", model_format="pickle"), tmp_path)
+    with pytest.raises(BuildError, match="may hold only"):
+        build_model(BuildRequest("resnet18", weights="none", name="../evil"), tmp_path)
+
+
+def test_cli_reports_an_unknown_model_and_exits_non_zero(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "resnet_mar", "build", "--models", "resnet18", "vgg16",
+         "--weights", "none", "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "unknown model 'vgg16'" in result.stderr and "wide_resnet101_2" in result.stderr

@@ -1,0 +1,201 @@
+"""Integration: archives made by archive.sh, served by a real TorchServe (own TMPDIR, free
+loopback ports, --ncs), answers checked against the in-process reference of each archive."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from resnet_mar.torchserve import RunningServer, private_server
+from tests.conftest import CUSTOM_LABELS, PHOTOS, REPO_ROOT
+from tests.reference import assert_same_answer, load_archive_reference, reference_answer
+
+pytestmark = pytest.mark.integration
+
+MODELS = ["resnet18", "resnet50", "flowers"]
+VERSION = "2.1"
+
+
+@pytest.fixture(scope="module")
+def model_store(build_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("model_store")
+    result = subprocess.run(
+        [str(REPO_ROOT / "archive.sh"), "-b", str(build_dir), "-s", str(store), "-v", VERSION,
+         *MODELS],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, f"archive.sh failed:\n{result.stdout}\n{result.stderr}"
+    for name in MODELS:
+        assert f"archived {name} -> {store}/{name}.mar" in result.stdout
+    return store
+
+
+@pytest.fixture(scope="module")
+def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    workdir = tmp_path_factory.mktemp("torchserve")
+    with private_server(model_store, MODELS, workdir=workdir, timeout_s=300) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def references(model_store: Path) -> dict[str, tuple]:
+    """Model and label map of each archive, read back from the .mar itself."""
+    return {
+        name: load_archive_reference(model_store / f"{name}.mar", f"{name}.pt") for name in MODELS
+    }
+
+
+def predict(server: RunningServer, path: str, body: bytes, **kwargs) -> requests.Response:
+    return requests.put(f"{server.endpoints.inference}/{path}", data=body, timeout=120, **kwargs)
+
+
+def worker_pids(server: RunningServer) -> dict[str, list[int]]:
+    pids = {}
+    for name in MODELS:
+        described = requests.get(f"{server.endpoints.management}/models/{name}", timeout=10)
+        pids[name] = sorted(w["pid"] for m in described.json() for w in m["workers"])
+    return pids
+
+
+def test_ping_and_models(server: RunningServer) -> None:
+    assert requests.get(f"{server.endpoints.inference}/ping", timeout=10).json() == {
+        "status": "Healthy"
+    }
+    listed = requests.get(f"{server.endpoints.management}/models", timeout=10).json()
+    assert sorted(m["modelName"] for m in listed["models"]) == sorted(MODELS)
+    described = requests.get(f"{server.endpoints.management}/models/resnet50", timeout=10).json()
+    assert described[0]["modelVersion"] == VERSION
+    assert described[0]["batchSize"] >= 4
+    assert [w["status"] for w in described[0]["workers"]] == ["READY"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_served_answers_equal_the_in_process_reference(server, references, photo_bytes, name):
+    model, labels = references[name]
+    for photo, body in photo_bytes.items():
+        response = predict(server, f"predictions/{name}", body)
+        assert response.status_code == 200, (photo, response.text)
+        assert response.headers["content-type"].startswith("application/json")
+        expected = reference_answer(model, labels, body)
+        assert_same_answer(response.json(), expected)
+        if name == "flowers":
+            assert set(response.json()) <= set(CUSTOM_LABELS)
+
+
+def test_versioned_endpoint_and_topk(server, references, photo_bytes) -> None:
+    model, labels = references["resnet50"]
+    body = photo_bytes["chelsea"]
+    response = predict(server, f"predictions/resnet50/{VERSION}", body, headers={"X-TopK": "3"})
+    assert response.status_code == 200, response.text
+    assert_same_answer(response.json(), reference_answer(model, labels, body, topk=3))
+    missing = predict(server, "predictions/resnet50/9.9", body)
+    assert missing.status_code == 404
+
+
+def test_topk_is_clamped_to_the_custom_model_classes(server, photo_bytes) -> None:
+    response = predict(
+        server, "predictions/flowers", photo_bytes["coffee"], headers={"X-TopK": "50"}
+    )
+    assert response.status_code == 200
+    assert sorted(response.json()) == sorted(CUSTOM_LABELS)
+
+
+def test_curl_upload_file(server, references, photos) -> None:
+    curl = shutil.which("curl")
+    assert curl, "curl is needed for this test (apt-get install curl)"
+    url = f"{server.endpoints.inference}/predictions/resnet18"
+    result = subprocess.run(
+        [curl, "-sS", "-T", str(photos["grace_hopper"]), url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    model, labels = references["resnet18"]
+    assert_same_answer(
+        json.loads(result.stdout),
+        reference_answer(model, labels, photos["grace_hopper"].read_bytes()),
+    )
+
+
+def test_multipart_and_base64_bodies(server, references, photo_bytes) -> None:
+    model, labels = references["resnet18"]
+    body = photo_bytes["astronaut"]
+    expected = reference_answer(model, labels, body)
+    url = f"{server.endpoints.inference}/predictions/resnet18"
+    multipart = requests.post(url, files={"data": ("a.png", body)}, timeout=120)
+    assert_same_answer(multipart.json(), expected)
+    as_json = requests.post(url, json={"data": base64.b64encode(body).decode()}, timeout=120)
+    assert_same_answer(as_json.json(), expected)
+    as_text = requests.post(
+        url, data=base64.b64encode(body), headers={"Content-Type": "text/plain"}, timeout=120
+    )
+    assert_same_answer(as_text.json(), expected)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "kind"),
+    [
+        (b"", {}, 400, "EmptyBody"),
+        (b"definitely not a picture!", {}, 400, "NotAnImage"),
+        (PHOTOS["rocket"].read_bytes()[:20000], {}, 400, "TruncatedImage"),
+        (b"P6\n2 2\n255\n" + b"\x00" * 12, {}, 415, "UnsupportedImageFormat"),
+        (b"aGVsbG8=!!", {"Content-Type": "text/plain"}, 400, "MalformedBase64"),
+    ],
+    ids=["empty", "text", "truncated-jpeg", "ppm", "bad-base64"],
+)
+def test_broken_input_is_a_4xx_with_a_json_message(server, body, headers, status, kind) -> None:
+    response = predict(server, "predictions/resnet18", body, headers=headers)
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert answer["code"] == status and answer["type"] == kind and answer["message"]
+
+
+def test_bad_option_is_a_400(server, photo_bytes) -> None:
+    response = predict(
+        server, "predictions/resnet18", photo_bytes["rocket"], headers={"X-TopK": "0"}
+    )
+    assert response.status_code == 400
+    assert "topk must be a positive integer" in response.json()["message"]
+
+
+def test_concurrent_mixed_requests_each_answered_alone(server, references, photo_bytes) -> None:
+    """Good and bad requests batched together: every good one equals its reference, every bad
+    one gets its own 4xx, and no worker restarts."""
+    pids_before = worker_pids(server)
+    good = list(photo_bytes.items())
+    bad = [b"", b"garbage" * 10, photo_bytes["rocket"][:2000], b"GIF89a" + b"\x00" * 30]
+    jobs = [("good", *good[i % len(good)]) for i in range(24)] + [
+        ("bad", f"bad{i}", bad[i % len(bad)]) for i in range(12)
+    ]
+    jobs = jobs[::2] + jobs[1::2]  # interleave so batches mix good and bad
+    model, labels = references["resnet18"]
+
+    def send(job):
+        return job, predict(server, "predictions/resnet18", job[2])
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(send, jobs))
+
+    for (kind, photo, body), response in results:
+        if kind == "good":
+            assert response.status_code == 200, (photo, response.text)
+            assert_same_answer(response.json(), reference_answer(model, labels, body))
+        else:
+            assert 400 <= response.status_code < 500, (photo, response.status_code, response.text)
+            assert response.json()["message"]
+    assert worker_pids(server) == pids_before
+
+
+def test_body_over_the_request_size_limit_is_413(server) -> None:
+    twelve_megabytes = b"\xff\xd8\xff" + b"\x00" * (12 * 1024 * 1024)
+    response = predict(server, "predictions/resnet18", twelve_megabytes)
+    assert response.status_code == 413
+    assert predict(server, "predictions/resnet18", b"").status_code == 400  # still serving
