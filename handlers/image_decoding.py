@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 from input_errors import BadInput, bad_request
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -22,6 +23,16 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+#: How files in the supported formats begin, to tell a broken one from a body that is no image.
+#: (BMP's two letters "BM" are left out: too much text starts that way.)
+_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -39,13 +50,8 @@ def decode_rgb(data: bytes, *, max_pixels: int, draft_min_side: int = 0) -> Imag
         image.draft("RGB", (draft_min_side, draft_min_side))
     try:
         image.load()
-    except OSError as err:
-        kind = "TruncatedImage" if "truncated" in str(err).lower() else "CorruptImage"
-        raise bad_request(kind, f"the {image.format} data cannot be decoded: {err}") from None
     except Exception as err:  # Pillow raises many types on corrupt data
-        raise bad_request(
-            "CorruptImage", f"the {image.format} data cannot be decoded: {err}"
-        ) from None
+        raise _undecodable(f"the {image.format} data cannot be decoded", err) from None
     return to_rgb(_apply_orientation(image))
 
 
@@ -60,7 +66,8 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadInput(413, "ImageTooLarge", str(err)) from None
     except Exception as err:
-        raise bad_request("CorruptImage", f"the image header cannot be read: {err}") from None
+        claimed = _claimed_format(data) or "image"
+        raise _undecodable(f"the {claimed} header cannot be read", err) from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise bad_request("CorruptImage", f"the image declares an empty size {width}x{height}")
@@ -74,8 +81,22 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
+def _undecodable(what: str, err: Exception) -> BadInput:
+    """A file cut short (an upload that stopped, a partial copy) says so; the rest is corrupt."""
+    kind = "TruncatedImage" if "truncated" in str(err).lower() else "CorruptImage"
+    return bad_request(kind, f"{what}: {err}")
+
+
 def _unidentified(data: bytes) -> BadInput:
-    """Tell 'an image in a format we do not take' from 'not an image at all'."""
+    """Tell 'a broken file in a format we take' and 'an image in a format we do not take' from
+    'not an image at all'."""
+    claimed = _claimed_format(data)
+    if claimed:
+        return bad_request(
+            "CorruptImage",
+            f"the body starts like a {claimed} file but its header cannot be read: the file is "
+            "truncated or corrupt",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -95,6 +116,12 @@ def _unidentified(data: bytes) -> BadInput:
     )
 
 
+def _claimed_format(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in _SIGNATURES.items() if data.startswith(magic)), None)
+
+
 def _apply_orientation(image: Image.Image) -> Image.Image:
     try:
         return ImageOps.exif_transpose(image)
@@ -105,7 +132,7 @@ def _apply_orientation(image: Image.Image) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any decoded mode to 8-bit RGB (see the module conventions)."""
     if image.mode in _SIXTEEN_BIT_MODES:
-        image = image.convert("I").point(lambda value: value * (1 / 257)).convert("L")
+        image = _sixteen_to_eight_bit(image)
     try:
         if image.mode in _ALPHA_MODES or "transparency" in image.info:
             rgba = image.convert("RGBA")
@@ -116,3 +143,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
         raise BadInput(
             415, "UnsupportedImageMode", f"{image.mode} images cannot be converted to RGB: {err}"
         ) from None
+
+
+def _sixteen_to_eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit grey to 8-bit grey (value // 257). A transparent grey value (PNG tRNS) becomes an
+    alpha channel first: after scaling, 256 other values would share it, and Pillow would keep
+    only its low byte."""
+    samples = np.asarray(image.convert("I"))
+    grey = Image.fromarray(np.clip(samples // 257, 0, 255).astype(np.uint8))
+    transparent = image.info.get("transparency")
+    if not isinstance(transparent, int):
+        return grey
+    alpha = Image.fromarray(np.where(samples == transparent, 0, 255).astype(np.uint8))
+    return Image.merge("LA", (grey, alpha))

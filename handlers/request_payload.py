@@ -74,9 +74,10 @@ def _form_body(request: dict[str, Any], fields: list[str]) -> bytes:
     if len(fields) == 1:
         value = request[fields[0]]
         value = value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
-        text = (fields[0].replace(" ", "+") + ("=" + value if value else "")).encode("latin-1")
-        if _looks_like_base64(text):
-            return _decode_base64(text)
+        text = fields[0].replace(" ", "+") + ("=" + value if value else "")
+        # (names are URL-decoded text, any character may be there; base64 is ASCII)
+        if text.isascii() and _looks_like_base64(text.encode("ascii")):
+            return _decode_base64(text.encode("ascii"))
     raise BadInput(
         415,
         "UnsupportedMediaType",
@@ -92,7 +93,16 @@ def image_bytes(value: Any) -> bytes:
         return _decode_base64(value) if value.strip() else b""
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value)
-        return _decode_base64(value) if _looks_like_base64(value) else value
+        if not _looks_like_base64(value):
+            return value
+        try:
+            return _decode_base64(value)
+        except BadInput as err:  # only a guess: plain text is "not an image", not bad base64
+            raise bad_request(
+                "NotAnImage",
+                f"the body ({len(value)} bytes) is text, neither an image nor base64 of one "
+                f"({err.message})",
+            ) from None
     raise bad_request(
         "MalformedJSON", f"the image must be base64 text, not a JSON {type(value).__name__}"
     )

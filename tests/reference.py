@@ -23,11 +23,13 @@ def archive_member(mar: Path, name: str) -> bytes:
 def reference_answer(
     model: torch.jit.ScriptModule,
     labels: dict[str, str],
-    image: bytes,
+    image: bytes | Image.Image,
     topk: int = 5,
     transforms: ImageClassification = STANDARD_IMAGENET,
 ) -> dict[str, float]:
-    picture = Image.open(io.BytesIO(image)).convert("RGB")
+    """Encoded bytes are read with Pillow's plain ``convert("RGB")``; a picture is used as is."""
+    picture = image if isinstance(image, Image.Image) else Image.open(io.BytesIO(image))
+    picture = picture.convert("RGB")
     with torch.inference_mode():
         probabilities = model(transforms(picture).unsqueeze(0)).softmax(dim=1)[0]
     scores, indices = probabilities.topk(min(topk, len(labels)))
@@ -44,8 +46,10 @@ def load_archive_reference(mar: Path, serialized: str) -> tuple[torch.jit.Script
     return model.eval(), labels
 
 
-def assert_same_answer(served: dict[str, float], expected: dict[str, float]) -> None:
-    """Same labels in the same order, probabilities within 1e-4."""
+def assert_same_answer(
+    served: dict[str, float], expected: dict[str, float], tolerance: float = 1e-4
+) -> None:
+    """Same labels in the same order, probabilities within ``tolerance``."""
     assert list(served) == list(expected), f"labels differ: {served} vs {expected}"
     for label, probability in expected.items():
-        assert abs(served[label] - probability) <= 1e-4, (label, served[label], probability)
+        assert abs(served[label] - probability) <= tolerance, (label, served[label], probability)

@@ -4,6 +4,7 @@ loopback ports, --ncs), answers checked against the in-process reference of each
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shutil
 import subprocess
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from resnet_mar.torchserve import RunningServer, private_server
 from tests.conftest import CUSTOM_LABELS, PHOTOS, REPO_ROOT
+from tests.odd_images import broken_inputs, valid_images
 from tests.reference import assert_same_answer, load_archive_reference, reference_answer
 
 pytestmark = pytest.mark.integration
@@ -143,7 +146,7 @@ def test_multipart_and_base64_bodies(server, references, photo_bytes) -> None:
     ("body", "headers", "status", "kind"),
     [
         (b"", {}, 400, "EmptyBody"),
-        (b"definitely not a picture!", {}, 400, "NotAnImage"),
+        (b"definitely not a picture", {}, 400, "NotAnImage"),
         (PHOTOS["rocket"].read_bytes()[:20000], {}, 400, "TruncatedImage"),
         (b"P6\n2 2\n255\n" + b"\x00" * 12, {}, 415, "UnsupportedImageFormat"),
         (b"aGVsbG8=!!", {"Content-Type": "text/plain"}, 400, "MalformedBase64"),
@@ -156,6 +159,34 @@ def test_broken_input_is_a_4xx_with_a_json_message(server, body, headers, status
     assert response.status_code == status, response.text
     answer = response.json()
     assert answer["code"] == status and answer["type"] == kind and answer["message"]
+
+
+@pytest.fixture(scope="module")
+def held_out_photo(photos) -> Image.Image:
+    """A photo the decoding unit tests do not use, at another size."""
+    return Image.open(photos["coffee"]).convert("RGB")
+
+
+def test_odd_but_valid_images_are_served_correctly(server, references, held_out_photo) -> None:
+    model, labels = references["resnet50"]
+    cases = valid_images(held_out_photo, size=(301, 203))
+    assert len(cases) >= 20
+    for name, case in cases.items():
+        response = predict(server, "predictions/resnet50", case.data)
+        assert response.status_code == 200, (name, response.text)
+        # 16-bit RGB: no Pillow mode holds it, so Pillow's own 8-bit reading (the high byte, at
+        # most 1 below value/257) is both what the handler serves and the reference here.
+        picture = Image.open(io.BytesIO(case.data)) if case.tolerance else case.reference
+        assert_same_answer(response.json(), reference_answer(model, labels, picture))
+
+
+def test_broken_files_are_refused_with_a_json_message(server, held_out_photo) -> None:
+    for name, case in broken_inputs(held_out_photo).items():
+        response = predict(server, "predictions/resnet50", case.data)
+        assert response.status_code == case.status, (name, response.text)
+        answer = response.json()
+        assert (answer["code"], answer["type"]) == (case.status, case.kind), name
+        assert case.says in answer["message"].lower(), (name, answer["message"])
 
 
 def test_bad_option_is_a_400(server, photo_bytes) -> None:
