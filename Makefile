@@ -31,7 +31,7 @@ help: ## list targets and variables
 	@echo "  WEIGHTS=$(WEIGHTS)  DEFAULT | a weights entry (IMAGENET1K_V1, IMAGENET1K_V2) | none | path/to/state_dict.pt"
 	@echo "  LABELS=$(LABELS)    label map JSON for a checkpoint in WEIGHTS (sets the number of classes)"
 	@echo "  NAME=$(NAME)        served name for a single model (default: its architecture)"
-	@echo "  FORMAT=$(FORMAT)    serialized format: torchscript"
+	@echo "  FORMAT=$(FORMAT)    serialized format: torchscript | onnx (ONNX Runtime) | aoti (AOTInductor .pt2)"
 	@echo "  VERSION=$(VERSION)  archive version (/predictions/<name>/<version>)"
 	@echo "  SEED=$(SEED)        seed of untrained weights (WEIGHTS=none)"
 	@echo "  BUILD=$(BUILD)  MODEL_STORE=$(MODEL_STORE)  PYTHON=$(PYTHON)  PYTEST_ARGS=$(PYTEST_ARGS)"
@@ -58,7 +58,7 @@ java:
 labels: $(STAMP) ## regenerate index_to_name.json from torchvision's ImageNet categories
 	$(BIN)/python -m resnet_mar labels --out index_to_name.json
 
-script: $(STAMP) ## compile MODELS with TorchScript into build/, checked against eager
+script: $(STAMP) ## compile MODELS (FORMAT, default TorchScript) into build/, checked against eager
 	$(BIN)/python -m resnet_mar build --models $(MODELS) --weights $(WEIGHTS) \
 		$(if $(LABELS),--labels $(LABELS)) $(if $(NAME),--name $(NAME)) \
 		--format $(FORMAT) --seed $(SEED) --out $(BUILD)
@@ -86,6 +86,9 @@ test: setup ## unit tests, then integration tests against a real TorchServe
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check resnet_mar handlers tests
 	$(BIN)/ruff format --check resnet_mar handlers tests
+
+bench: setup ## served vs in-process limit vs stock TorchServe -> results/bench/report.md (~12 min)
+	$(BIN)/python -m resnet_mar.bench --out results/bench --work $(BUILD)/bench
 
 clean: ## remove build outputs and archives (keeps .venv)
 	rm -rf $(BUILD) $(MODEL_STORE)/*.mar logs results

@@ -23,6 +23,7 @@ import torch
 from handler_settings import HandlerSettings
 from image_decoding import decode_rgb
 from input_errors import BadInput, bad_request
+from model_runtimes import load_model
 from PIL import Image
 from request_payload import extract_payload
 from torchvision.transforms import functional as F
@@ -87,12 +88,6 @@ def load_labels(model_dir: str) -> list[str]:
     return [names[i] for i in range(len(names))]
 
 
-def load_model(path: str, model_format: str) -> torch.jit.ScriptModule:
-    if model_format != "torchscript":
-        raise ValueError(f"this handler serves TorchScript files, not {model_format!r}")
-    return torch.jit.load(path, map_location="cpu").eval()
-
-
 def http_headers(context: Any, idx: int) -> dict[str, str]:
     """A request's HTTP headers with lower-case names (TorchServe keeps the client's case and
     mixes in per-field content types, which are dicts)."""
@@ -111,7 +106,11 @@ class ResNetClassifierHandler:
         self.settings = HandlerSettings.from_config(context.model_yaml_config.get("handler", {}))
         torch.set_num_threads(self.settings.intra_op_threads)
         serialized = context.manifest["model"]["serializedFile"]
-        self.model = load_model(os.path.join(model_dir, serialized), self.settings.model_format)
+        self.model = load_model(
+            os.path.join(model_dir, serialized),
+            self.settings.model_format,
+            self.settings.intra_op_threads,
+        )
         self.labels = load_labels(model_dir)
         self._warm_up()
         self.initialized = True

@@ -2,6 +2,9 @@
 
 Each format is one exporter function in :data:`EXPORTERS`; every exporter's output is loaded back
 and checked against the eager model (:mod:`resnet_mar.parity`) before the build goes on.
+
+The handler loads the same files with its own ``handlers/model_runtimes.py`` (an archive ships
+handlers/ alone, not this package); the tests check that both agree with the eager model.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from resnet_mar.parity import Forward
 JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
 
 Exporter = Callable[[torch.nn.Module, Path, int], Forward]
+
+#: Batch sizes the torch.export-based formats are exported for (1 to this); the server batches 8.
+MAX_BATCH = 64
 
 
 def prepare_for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -39,6 +45,55 @@ def export_torchscript(model: torch.nn.Module, path: Path, crop_size: int) -> Fo
         return torch.jit.load(str(path), map_location="cpu")
 
 
+def batch_example(crop_size: int) -> tuple[torch.Tensor]:
+    """An example input for ``torch.export``: two images, since a batch of 1 would make the
+    exporter specialise the batch dimension to 1 instead of keeping it dynamic."""
+    return (torch.randn(2, 3, crop_size, crop_size),)
+
+
+def dynamic_batch() -> tuple[dict[int, torch.export.Dim]]:
+    """``dynamic_shapes`` for the single input: any batch of 1 to :data:`MAX_BATCH` images."""
+    return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+
+
+def export_onnx(model: torch.nn.Module, path: Path, crop_size: int) -> Forward:
+    """The torch.export-based ONNX exporter (torch's default; it needs ``onnxscript``), not the
+    legacy TorchScript-based one, which torch 2.14 deprecates for removal. Weights go inside the
+    one ``.onnx`` file (no external data) because the archive packs a single serialized file."""
+    import onnxruntime
+
+    torch.onnx.export(
+        model,
+        batch_example(crop_size),
+        str(path),
+        dynamo=True,
+        verbose=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_shapes=dynamic_batch(),
+        external_data=False,
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"input": batch.numpy()})[0])
+
+    return forward
+
+
+def export_aoti(model: torch.nn.Module, path: Path, crop_size: int) -> Forward:
+    """``torch.export`` then AOTInductor: the graph becomes C++ compiled here with the machine's
+    compiler into a ``.pt2`` package that torch loads without Python-level graph execution.
+
+    The kernels are compiled for this machine's CPU instruction set (AVX-512 where present):
+    serve the package on the same kind of machine it was built on."""
+    program = torch.export.export(model, batch_example(crop_size), dynamic_shapes=dynamic_batch())
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    return torch._inductor.aoti_load_package(str(path))
+
+
 EXPORTERS: dict[str, tuple[str, Exporter]] = {
     "torchscript": (".pt", export_torchscript),
+    "onnx": (".onnx", export_onnx),
+    "aoti": (".pt2", export_aoti),
 }

@@ -49,6 +49,11 @@ def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.fixture(scope="module")
+def pids_at_start(server: RunningServer) -> dict[str, list[int]]:
+    return worker_pids(server)
+
+
+@pytest.fixture(scope="module")
 def references(model_store: Path) -> dict[str, tuple]:
     """Model and label map of each archive, read back from the .mar itself."""
     return {
@@ -68,7 +73,7 @@ def worker_pids(server: RunningServer) -> dict[str, list[int]]:
     return pids
 
 
-def test_ping_and_models(server: RunningServer) -> None:
+def test_ping_and_models(server: RunningServer, pids_at_start) -> None:
     assert requests.get(f"{server.endpoints.inference}/ping", timeout=10).json() == {
         "status": "Healthy"
     }
@@ -230,3 +235,9 @@ def test_body_over_the_request_size_limit_is_413(server) -> None:
     response = predict(server, "predictions/resnet18", twelve_megabytes)
     assert response.status_code == 413
     assert predict(server, "predictions/resnet18", b"").status_code == 400  # still serving
+
+
+def test_no_worker_died_or_restarted_during_the_suite(server, pids_at_start) -> None:
+    """Runs last: every odd, broken, oversized and concurrent request above left the workers
+    that were started with the server."""
+    assert worker_pids(server) == pids_at_start

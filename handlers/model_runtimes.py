@@ -1,0 +1,72 @@
+"""Load an archive's serialized model, whatever format the build wrote, as a forward function.
+
+Runs inside TorchServe next to ``resnet_handler.py``, so it imports torch and nothing from the
+build package (an archive ships handlers/ alone). onnxruntime is imported only for ONNX files:
+it is an optional extra, and a TorchScript or AOTInductor server need not install it.
+
+Each loader returns logits for a float batch [N, 3, H, W] and keeps the model to ``threads``
+intra-op threads, so that models served together never oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def load_torchscript(path: str, threads: int) -> Forward:
+    """A frozen TorchScript module; it computes in torch's process-wide intra-op pool."""
+    torch.set_num_threads(threads)
+    return torch.jit.load(path, map_location="cpu").eval()
+
+
+def load_aoti(path: str, threads: int) -> Forward:
+    """An AOTInductor ``.pt2`` package: compiled C++ kernels plus aten calls, all parallelised
+    with torch's intra-op pool (the kernels read its size when they run, not when compiled)."""
+    torch.set_num_threads(threads)
+    return torch._inductor.aoti_load_package(path)
+
+
+def load_onnx(path: str, threads: int) -> Forward:
+    """An ONNX Runtime session on the CPU provider with its own thread pool of ``threads``.
+
+    One sequential inter-op thread: a ResNet is a chain of convolutions, so parallel branches
+    would only add threads competing for the same cores. Graph optimisations (fusions, constant
+    folding) are all on; they are done once here, when the worker starts.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        (logits,) = session.run(None, {input_name: batch.detach().contiguous().numpy()})
+        return torch.from_numpy(logits)
+
+    return forward
+
+
+LOADERS: dict[str, Callable[[str, int], Forward]] = {
+    "torchscript": load_torchscript,
+    "onnx": load_onnx,
+    "aoti": load_aoti,
+}
+
+
+def load_model(path: str, model_format: str, threads: int) -> Forward:
+    """The model at ``path`` as a function from an image batch to logits, on ``threads``
+    threads; ``model_format`` is the ``format`` the build wrote into model-config.yaml."""
+    if model_format not in LOADERS:
+        raise ValueError(
+            f"model-config.yaml format {model_format!r} is not one this handler serves: "
+            f"{', '.join(LOADERS)}"
+        )
+    return LOADERS[model_format](path, threads)
