@@ -87,7 +87,7 @@ lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check resnet_mar handlers tests
 	$(BIN)/ruff format --check resnet_mar handlers tests
 
-bench: setup ## served vs in-process limit vs stock TorchServe -> results/bench/report.md (~12 min)
+bench: setup ## served vs in-process limit vs stock TorchServe -> results/bench/report.md (~8 min)
 	$(BIN)/python -m resnet_mar.bench --out results/bench --work $(BUILD)/bench
 
 clean: ## remove build outputs and archives (keeps .venv)

@@ -44,6 +44,9 @@ def load_onnx(path: str, threads: int) -> Forward:
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle pool threads would otherwise spin, taking the cores from the decoding threads and
+    # from other models between batches (measured: resnet50 at 16 clients 47.1 vs 43.2 req/s).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -112,6 +113,9 @@ class ResNetClassifierHandler:
             self.settings.intra_op_threads,
         )
         self.labels = load_labels(model_dir)
+        self._decoders = ThreadPoolExecutor(
+            max_workers=self.settings.intra_op_threads, thread_name_prefix="decode"
+        )
         self._warm_up()
         self.initialized = True
         logger.info(
@@ -124,10 +128,11 @@ class ResNetClassifierHandler:
         )
 
     def _warm_up(self) -> None:
-        """Run the model before the first request (TorchScript optimises on its first calls)
-        and check that its outputs match the label map."""
+        """Run the model before the first request (TorchScript optimises on its first calls),
+        in both input layouts ``inference`` uses, and check that its outputs match the label
+        map."""
         size = self.settings.crop_size
-        for batch in (1, 2, 1):
+        for batch in (1, 2, 4, 1):
             logits = self.inference(torch.zeros(batch, 3, size, size))
         if logits.shape[1] != len(self.labels):
             raise ValueError(
@@ -138,17 +143,26 @@ class ResNetClassifierHandler:
     def preprocess(
         self, requests: list[dict[str, Any]], headers: list[dict[str, str]]
     ) -> list[Decoded]:
-        decoded: list[Decoded] = []
-        for request, request_headers in zip(requests, headers, strict=True):
-            try:
-                decoded.append(
-                    decode_request(request, request_headers, self.settings, len(self.labels))
-                )
-            except BadInput as err:
-                decoded.append(err)
-        return decoded
+        """Decode a batch on as many threads as the model may use: Pillow decodes and resizes
+        without holding the GIL, so the model's cores are not idle meanwhile (measured with
+        `make bench`, resnet18 at 16 clients: 72.8 vs 70.4 req/s decoding on one thread, a gain
+        within run-to-run noise)."""
+        return list(self._decoders.map(self._decode_one, requests, headers))
+
+    def _decode_one(self, request: dict[str, Any], headers: dict[str, str]) -> Decoded:
+        try:
+            return decode_request(request, headers, self.settings, len(self.labels))
+        except BadInput as err:
+            return err
 
     def inference(self, batch: torch.Tensor) -> torch.Tensor:
+        # TorchScript convolutions (oneDNN) compute 25-40% more images/s on channels-last input
+        # from 3 images up (measured on 2 AVX-512 cores, resnet18 and resnet50, batches 3-16;
+        # served at 16 clients: +11% and +20% req/s); below that NCHW is as fast or faster
+        # (resnet50 batch 1: 29 vs 29-36 ms, batch 2: 57 vs 60 ms). Other runtimes get NCHW,
+        # as they were exported.
+        if self.settings.model_format == "torchscript" and batch.shape[0] >= 3:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             return self.model(batch).softmax(dim=1)
 
