@@ -10,6 +10,7 @@ NAME        ?=
 FORMAT      ?= torchscript
 VERSION     ?= 1.0
 SEED        ?= 0
+JPEG_DRAFT  ?= 0
 BUILD       ?= build
 MODEL_STORE ?= model_store
 PYTEST_ARGS ?=
@@ -34,6 +35,7 @@ help: ## list targets and variables
 	@echo "  FORMAT=$(FORMAT)    serialized format: torchscript | onnx (ONNX Runtime) | aoti (AOTInductor .pt2)"
 	@echo "  VERSION=$(VERSION)  archive version (/predictions/<name>/<version>)"
 	@echo "  SEED=$(SEED)        seed of untrained weights (WEIGHTS=none)"
+	@echo "  JPEG_DRAFT=$(JPEG_DRAFT)  0: exact full JPEG decoding | 2: large JPEGs decoded at reduced scale (faster)"
 	@echo "  BUILD=$(BUILD)  MODEL_STORE=$(MODEL_STORE)  PYTHON=$(PYTHON)  PYTEST_ARGS=$(PYTEST_ARGS)"
 
 setup: $(STAMP) java ## create .venv with the pinned stack and check Java >= 17
@@ -61,7 +63,7 @@ labels: $(STAMP) ## regenerate index_to_name.json from torchvision's ImageNet ca
 script: $(STAMP) ## compile MODELS (FORMAT, default TorchScript) into build/, checked against eager
 	$(BIN)/python -m resnet_mar build --models $(MODELS) --weights $(WEIGHTS) \
 		$(if $(LABELS),--labels $(LABELS)) $(if $(NAME),--name $(NAME)) \
-		--format $(FORMAT) --seed $(SEED) --out $(BUILD)
+		--format $(FORMAT) --seed $(SEED) --jpeg-draft $(JPEG_DRAFT) --out $(BUILD)
 
 archive: script ## script, then pack model_store/<name>.mar per model (archive.sh)
 	./archive.sh -b $(BUILD) -s $(MODEL_STORE) -v $(VERSION) $(NAMES)

@@ -23,7 +23,7 @@ class HandlerSettings:
     topk: int = 5
     intra_op_threads: int = 1
     max_image_pixels: int = 50_000_000
-    jpeg_draft_factor: int = 2
+    jpeg_draft_factor: int = 0
     model_format: str = "torchscript"
 
     @classmethod
@@ -39,11 +39,13 @@ class HandlerSettings:
                 topk=int(config.get("topk", 5)),
                 intra_op_threads=int(config.get("intra_op_threads", 1)),
                 max_image_pixels=int(config.get("max_image_pixels", 50_000_000)),
-                jpeg_draft_factor=int(config.get("jpeg_draft_factor", 2)),
+                jpeg_draft_factor=int(config.get("jpeg_draft_factor", 0)),
                 model_format=str(config.get("format", "torchscript")),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"model-config.yaml 'handler' section is invalid: {err!r}") from err
+        if settings.jpeg_draft_factor < 0:
+            raise ValueError("model-config.yaml: jpeg_draft_factor must be 0 (off) or >= 1")
         if min(settings.resize_size, settings.crop_size, settings.topk) < 1:
             raise ValueError("model-config.yaml: resize_size, crop_size and topk must be >= 1")
         return settings

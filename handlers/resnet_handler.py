@@ -65,7 +65,7 @@ def decode_request(
     image = decode_rgb(
         payload.image,
         max_pixels=settings.max_image_pixels,
-        draft_min_side=settings.jpeg_draft_factor * settings.resize_size,
+        draft_min_side=settings.jpeg_draft_factor * settings.resize_size,  # 0: full decode
     )
     return preprocess_image(image, settings), topk
 

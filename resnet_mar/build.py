@@ -24,7 +24,7 @@ from resnet_mar.architectures import check_architecture
 from resnet_mar.export import EXPORTERS, prepare_for_inference
 from resnet_mar.labels import write_label_map
 from resnet_mar.parity import check_parity, parity_inputs
-from resnet_mar.serving_settings import serving_settings
+from resnet_mar.serving_settings import JPEG_DRAFT_FACTOR, serving_settings
 from resnet_mar.weights import load_weights, sha256_of
 
 
@@ -37,6 +37,7 @@ class BuildRequest:
     model_format: str = "torchscript"
     seed: int = 0
     models_served_together: int = 1
+    jpeg_draft_factor: int = JPEG_DRAFT_FACTOR
 
     @property
     def model_name(self) -> str:
@@ -61,6 +62,10 @@ def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:
     arch = check_architecture(request.architecture)
     if request.model_format not in EXPORTERS:
         raise BuildError(f"unknown FORMAT {request.model_format!r}; valid: {', '.join(EXPORTERS)}")
+    if request.jpeg_draft_factor < 0:
+        raise BuildError(
+            f"JPEG_DRAFT must be 0 (off) or a factor >= 1, not {request.jpeg_draft_factor}"
+        )
     name = request.model_name
     if not name.replace("_", "").replace("-", "").isalnum():
         raise BuildError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
@@ -80,6 +85,7 @@ def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:
         loaded.preprocessing,
         model_format=request.model_format,
         models_served_together=request.models_served_together,
+        jpeg_draft_factor=request.jpeg_draft_factor,
     )
     (archive_dir / "model-config.yaml").write_text(
         yaml.safe_dump(settings.model_config(), sort_keys=False)

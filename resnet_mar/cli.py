@@ -43,6 +43,7 @@ def cmd_build(args: argparse.Namespace) -> None:
             model_format=args.format,
             seed=args.seed,
             models_served_together=together,
+            jpeg_draft_factor=args.jpeg_draft,
         )
         print(
             f"[{position}/{len(args.models)}] {request.model_name}: {arch}, "
@@ -109,6 +110,14 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="models sharing the server's cores (default: number of --models)",
+    )
+    build.add_argument(
+        "--jpeg-draft",
+        type=int,
+        default=0,
+        metavar="FACTOR",
+        help="0: decode JPEGs fully (exact answers); 2: reduced-scale decoding "
+        "of JPEGs over 2 x 2 x resize_size (faster, answers move slightly)",
     )
     build.add_argument("--out", type=Path, default=Path("build"))
     build.set_defaults(func=cmd_build)

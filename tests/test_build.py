@@ -76,6 +76,8 @@ def test_parity_check_stops_a_model_that_disagrees() -> None:
 def test_bad_requests_stop_the_build(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="unknown FORMAT"):
         build_model(BuildRequest("resnet18", weights="none", model_format="pickle"), tmp_path)
+    with pytest.raises(BuildError, match="JPEG_DRAFT must be 0"):
+        build_model(BuildRequest("resnet18", weights="none", jpeg_draft_factor=-1), tmp_path)
     with pytest.raises(BuildError, match="may hold only"):
         build_model(BuildRequest("resnet18", weights="none", name="../evil"), tmp_path)
 

@@ -62,6 +62,20 @@ def test_decode_request_from_raw_multipart_base64_and_json(photo_bytes) -> None:
         assert topk == expected_topk, (request.keys(), headers)
 
 
+def test_large_jpegs_are_decoded_exactly_by_default_and_cheaply_on_request(photos) -> None:
+    big = io.BytesIO()
+    Image.open(photos["chelsea"]).convert("RGB").resize((1600, 1200)).save(big, "JPEG", quality=90)
+    request = {"body": big.getvalue()}
+    reference = STANDARD_IMAGENET.to_transforms()(Image.open(big).convert("RGB"))
+    exact, _ = decode_request(request, {}, settings_for(STANDARD_IMAGENET), 1000)
+    assert torch.equal(exact, reference)
+    drafted, _ = decode_request(
+        request, {}, settings_for(STANDARD_IMAGENET, jpeg_draft_factor=2), 1000
+    )
+    assert not torch.equal(drafted, reference)  # decoded from 800x600, not 1600x1200
+    assert (drafted - reference).abs().mean() < 0.05
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"), [("3", 3), (b"7", 7), (5, 5), ("+2", 2), ("5000", 1000)]
 )
