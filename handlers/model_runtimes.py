@@ -19,14 +19,12 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 def load_torchscript(path: str, threads: int) -> Forward:
     """A frozen TorchScript module; it computes in torch's process-wide intra-op pool."""
-    torch.set_num_threads(threads)
     return torch.jit.load(path, map_location="cpu").eval()
 
 
 def load_aoti(path: str, threads: int) -> Forward:
     """An AOTInductor ``.pt2`` package: compiled C++ kernels plus aten calls, all parallelised
     with torch's intra-op pool (the kernels read its size when they run, not when compiled)."""
-    torch.set_num_threads(threads)
     return torch._inductor.aoti_load_package(path)
 
 
@@ -66,10 +64,14 @@ LOADERS: dict[str, Callable[[str, int], Forward]] = {
 
 def load_model(path: str, model_format: str, threads: int) -> Forward:
     """The model at ``path`` as a function from an image batch to logits, on ``threads``
-    threads; ``model_format`` is the ``format`` the build wrote into model-config.yaml."""
+    threads; ``model_format`` is the ``format`` the build wrote into model-config.yaml.
+
+    torch's intra-op pool is sized here for every format: it runs the torch formats and, for
+    ONNX, the preprocessing, which must not compete with ONNX Runtime's own pool."""
     if model_format not in LOADERS:
         raise ValueError(
             f"model-config.yaml format {model_format!r} is not one this handler serves: "
             f"{', '.join(LOADERS)}"
         )
+    torch.set_num_threads(threads)
     return LOADERS[model_format](path, threads)

@@ -105,7 +105,6 @@ class ResNetClassifierHandler:
     def initialize(self, context: Any) -> None:
         model_dir = context.system_properties["model_dir"]
         self.settings = HandlerSettings.from_config(context.model_yaml_config.get("handler", {}))
-        torch.set_num_threads(self.settings.intra_op_threads)
         serialized = context.manifest["model"]["serializedFile"]
         self.model = load_model(
             os.path.join(model_dir, serialized),

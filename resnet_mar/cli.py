@@ -15,6 +15,7 @@ from resnet_mar.architectures import (
 from resnet_mar.build import BuildError, BuildRequest, build_model
 from resnet_mar.labels import LabelMapError, imagenet_categories, write_label_map
 from resnet_mar.parity import ParityError
+from resnet_mar.serving_settings import JPEG_DRAFT_FACTOR
 from resnet_mar.torchserve import ServerError
 from resnet_mar.weights import WeightsError
 
@@ -114,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--jpeg-draft",
         type=int,
-        default=0,
+        default=JPEG_DRAFT_FACTOR,
         metavar="FACTOR",
         help="0: decode JPEGs fully (exact answers); 2: reduced-scale decoding "
         "of JPEGs over 2 x 2 x resize_size (faster, answers move slightly)",

@@ -56,7 +56,7 @@ class ServingSettings:
     job_queue_size: int = 256
     topk: int = 5
     max_image_pixels: int = MAX_IMAGE_PIXELS
-    jpeg_draft_factor: int = 0
+    jpeg_draft_factor: int = JPEG_DRAFT_FACTOR
 
     def model_config(self) -> dict[str, Any]:
         """The ``model-config.yaml`` content TorchServe and the handler read."""

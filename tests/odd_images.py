@@ -111,12 +111,20 @@ ValidBuilder = Callable[[Image.Image], ValidCase]
 _VALID: dict[str, ValidBuilder] = {}
 
 
-def _valid(name: str) -> Callable[[ValidBuilder], ValidBuilder]:
-    def register(build: ValidBuilder) -> ValidBuilder:
-        _VALID[name] = build
-        return build
+def _registrar(registry: dict[str, Callable]) -> Callable[[str], Callable[[Callable], Callable]]:
+    """A decorator factory filing case builders under their names in ``registry``."""
 
-    return register
+    def named(name: str) -> Callable[[Callable], Callable]:
+        def register(build: Callable) -> Callable:
+            registry[name] = build
+            return build
+
+        return register
+
+    return named
+
+
+_valid = _registrar(_VALID)
 
 
 def _lossy(name: str, data: bytes, source: Image.Image, max_mean_error: float) -> ValidCase:
@@ -359,12 +367,7 @@ BrokenBuilder = Callable[[Image.Image], BrokenCase]
 _BROKEN: dict[str, BrokenBuilder] = {}
 
 
-def _broken(name: str) -> Callable[[BrokenBuilder], BrokenBuilder]:
-    def register(build: BrokenBuilder) -> BrokenBuilder:
-        _BROKEN[name] = build
-        return build
-
-    return register
+_broken = _registrar(_BROKEN)
 
 
 @_broken("empty")
