@@ -5,8 +5,9 @@ files packed into the same archive. Everything model-specific (preprocessing, to
 limits) comes from the ``handler:`` section of the archive's ``model-config.yaml``.
 
 Lifecycle, one short stage each (each testable without a server):
-    decode_request   one TorchServe request -> (input tensor, top-k) or BadInput
-    inference        the good inputs of a batch -> probabilities, in one forward pass
+    decode_request   one TorchServe request -> (resized and cropped pixels, top-k) or BadInput
+    model_input      the good requests' pixels -> one normalised float batch, in one pass
+    inference        that batch -> probabilities, in one forward pass
     encode_response  one probability row -> {"label": probability, ...}, best first
 ``handle`` ties them together; a bad request gets its own 4xx inside a successful batch
 (``context.set_response_status``), so it never fails the requests batched with it.
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
+from compute_gate import ComputeGate
 from handler_settings import HandlerSettings
 from image_decoding import decode_rgb
 from input_errors import BadInput, bad_request
@@ -31,18 +33,39 @@ from torchvision.transforms import functional as F
 
 logger = logging.getLogger(__name__)
 
-#: A decoded request: its model input and top-k, or the error to answer it with.
+#: A decoded request: its crop (uint8, RGB x height x width) and top-k, or the error to answer
+#: it with.
 Decoded = tuple[torch.Tensor, int] | BadInput
 
 
-def preprocess_image(image: Image.Image, settings: HandlerSettings) -> torch.Tensor:
-    """Exactly torchvision's ``ImageClassification`` (what ``weights.transforms()`` returns)."""
+def crop_pixels(image: Image.Image, settings: HandlerSettings) -> torch.Tensor:
+    """The geometric half of torchvision's ``ImageClassification`` (resize, centre crop) as a
+    uint8 view of Pillow's pixels. It runs on the decoding threads, so it does no arithmetic in
+    torch: a torch op there would start a second OpenMP team per thread, competing with the
+    model's for the cores."""
     image = F.resize(
         image, [settings.resize_size], interpolation=settings.interpolation, antialias=True
     )
-    image = F.center_crop(image, [settings.crop_size])
-    tensor = F.convert_image_dtype(F.pil_to_tensor(image), torch.float)
-    return F.normalize(tensor, mean=list(settings.mean), std=list(settings.std))
+    return F.pil_to_tensor(F.center_crop(image, [settings.crop_size]))
+
+
+def model_input(
+    crops: list[torch.Tensor], settings: HandlerSettings, *, channels_last: bool = False
+) -> torch.Tensor:
+    """The arithmetic half of ``ImageClassification`` (to float in [0, 1], normalise), once for
+    the whole batch: the same operations in the same order as the per-image transform, so the
+    values are bit-identical to it.
+
+    Pillow's pixels are height x width x RGB, so stacking them in that order and viewing the
+    batch as N x C x H x W gives the channels-last layout without a copy; NCHW costs one copy
+    of the uint8 pixels, before they become floats.
+    """
+    pixels = torch.stack([crop.permute(1, 2, 0) for crop in crops]).permute(0, 3, 1, 2)
+    if not channels_last:
+        pixels = pixels.contiguous()
+    mean = torch.tensor(settings.mean).view(1, -1, 1, 1)
+    std = torch.tensor(settings.std).view(1, -1, 1, 1)
+    return pixels.float().div_(255).sub_(mean).div_(std)
 
 
 def parse_topk(raw: Any, num_classes: int) -> int:
@@ -58,8 +81,8 @@ def parse_topk(raw: Any, num_classes: int) -> int:
 def decode_request(
     request: dict[str, Any], headers: dict[str, str], settings: HandlerSettings, num_classes: int
 ) -> tuple[torch.Tensor, int]:
-    """One request (and its lower-cased HTTP headers) -> its model input and its top-k;
-    raises :class:`BadInput`."""
+    """One request (and its lower-cased HTTP headers) -> its resized and cropped pixels and its
+    top-k; raises :class:`BadInput`."""
     payload = extract_payload(request, headers)
     topk = parse_topk(payload.options.get("topk", settings.topk), num_classes)
     image = decode_rgb(
@@ -67,7 +90,7 @@ def decode_request(
         max_pixels=settings.max_image_pixels,
         draft_min_side=settings.jpeg_draft_factor * settings.resize_size,  # 0: full decode
     )
-    return preprocess_image(image, settings), topk
+    return crop_pixels(image, settings), topk
 
 
 def encode_response(probabilities: torch.Tensor, topk: int, labels: list[str]) -> dict[str, float]:
@@ -115,7 +138,9 @@ class ResNetClassifierHandler:
         self._decoders = ThreadPoolExecutor(
             max_workers=self.settings.intra_op_threads, thread_name_prefix="decode"
         )
-        self._warm_up()
+        self._gate = ComputeGate()
+        with self._gate:
+            self._warm_up()
         self.initialized = True
         logger.info(
             "loaded %s: %d classes, %d threads, preprocessing resize %d crop %d",
@@ -128,11 +153,10 @@ class ResNetClassifierHandler:
 
     def _warm_up(self) -> None:
         """Run the model before the first request (TorchScript optimises on its first calls),
-        in both input layouts ``inference`` uses, and check that its outputs match the label
-        map."""
-        size = self.settings.crop_size
+        in both input layouts ``handle`` uses, and check that its outputs match the label map."""
+        blank = torch.zeros(3, self.settings.crop_size, self.settings.crop_size, dtype=torch.uint8)
         for batch in (1, 2, 4, 1):
-            logits = self.inference(torch.zeros(batch, 3, size, size))
+            logits = self.inference(self.batch_input([blank] * batch))
         if logits.shape[1] != len(self.labels):
             raise ValueError(
                 f"the model has {logits.shape[1]} outputs but index_to_name.json has "
@@ -143,9 +167,7 @@ class ResNetClassifierHandler:
         self, requests: list[dict[str, Any]], headers: list[dict[str, str]]
     ) -> list[Decoded]:
         """Decode a batch on as many threads as the model may use: Pillow decodes and resizes
-        without holding the GIL, so the model's cores are not idle meanwhile (measured with
-        `make bench`, resnet18 at 16 clients: 72.8 vs 70.4 req/s decoding on one thread, a gain
-        within run-to-run noise)."""
+        without holding the GIL, and these threads run no torch ops (see ``crop_pixels``)."""
         return list(self._decoders.map(self._decode_one, requests, headers))
 
     def _decode_one(self, request: dict[str, Any], headers: dict[str, str]) -> Decoded:
@@ -154,14 +176,16 @@ class ResNetClassifierHandler:
         except BadInput as err:
             return err
 
-    def inference(self, batch: torch.Tensor) -> torch.Tensor:
+    def batch_input(self, crops: list[torch.Tensor]) -> torch.Tensor:
         # TorchScript convolutions (oneDNN) compute 25-40% more images/s on channels-last input
         # from 3 images up (measured on 2 AVX-512 cores, resnet18 and resnet50, batches 3-16;
         # served at 16 clients: +11% and +20% req/s); below that NCHW is as fast or faster
         # (resnet50 batch 1: 29 vs 29-36 ms, batch 2: 57 vs 60 ms). Other runtimes get NCHW,
         # as they were exported.
-        if self.settings.model_format == "torchscript" and batch.shape[0] >= 3:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        channels_last = self.settings.model_format == "torchscript" and len(crops) >= 3
+        return model_input(crops, self.settings, channels_last=channels_last)
+
+    def inference(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.model(batch).softmax(dim=1)
 
@@ -177,9 +201,11 @@ class ResNetClassifierHandler:
         ]
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
-        decoded = self.preprocess(data, [http_headers(context, idx) for idx in range(len(data))])
-        good = [item[0] for item in decoded if not isinstance(item, BadInput)]
-        probabilities = self.inference(torch.stack(good)) if good else torch.empty(0)
+        headers = [http_headers(context, idx) for idx in range(len(data))]
+        with self._gate:  # decoding and the forward pass use all cores: one model at a time
+            decoded = self.preprocess(data, headers)
+            crops = [item[0] for item in decoded if not isinstance(item, BadInput)]
+            probabilities = self.inference(self.batch_input(crops)) if crops else torch.empty(0)
         for idx, item in enumerate(decoded):
             context.set_response_content_type(idx, "application/json")
             if isinstance(item, BadInput):

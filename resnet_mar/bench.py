@@ -12,8 +12,11 @@ For each model (untrained weights: speed does not depend on them) one run measur
 * the same for every other format the toolkit exports (FORMAT=onnx when it exists);
 * the cost of a 12-megapixel JPEG against a 0.3-megapixel one, at concurrency 1.
 
-Each server serves one model alone, one server at a time, and is always stopped; the load comes
-from :mod:`resnet_mar.load_client` (closed loop, real JPEG photos, loopback only). Outputs:
+Our setups serve every model from one server, as ``make serve`` does: each model is measured
+while the others idle, then all of them are loaded at once (the models must share the machine,
+not collapse). The stock setup serves each model alone. One server runs at a time and is always
+stopped; the load comes from :mod:`resnet_mar.load_client` (closed loop, real JPEG photos,
+loopback only). Outputs:
 ``report.md`` (tables and the headline ratios), ``bench.json`` (every raw number) and
 ``bench.png`` (throughput and p99 against concurrency).
 
@@ -34,6 +37,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -50,7 +54,7 @@ from PIL import Image
 from resnet_mar.build import BuildRequest, build_model
 from resnet_mar.export import EXPORTERS, JIT_DEPRECATION
 from resnet_mar.load_client import LoadPoint, run_point
-from resnet_mar.torchserve import REPO_ROOT, private_server
+from resnet_mar.torchserve import REPO_ROOT, RunningServer, private_server
 from resnet_mar.weights import STANDARD_IMAGENET, UNTRAINED
 
 MODELS = ("resnet18", "resnet50")
@@ -174,7 +178,6 @@ def build_and_archive(work: Workspace, model_format: str, models: list[str]) -> 
             architecture=name,
             weights=UNTRAINED,
             model_format=model_format,
-            models_served_together=1,
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=JIT_DEPRECATION)
@@ -369,40 +372,91 @@ class LoadSettings:
 def serve_and_measure(
     label: str,
     model_store: Path,
-    name: str,
+    names: list[str],
     workdir: Path,
     config_text: str | None,
     payloads: list[bytes],
     load: LoadSettings,
+    *,
     size_payloads: dict[str, bytes] | None = None,
-) -> dict[str, Any]:
-    """Start one server with one model, sweep the concurrencies, optionally time the large and
-    small JPEGs at concurrency 1, and stop the server."""
-    progress(f"{name} [{label}]: starting TorchServe")
+    all_busy: bool = False,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """Start one server holding ``names``, sweep the concurrencies for each model in turn while
+    the others idle, optionally time the large and small JPEGs at concurrency 1 and load every
+    model at once, and stop the server. Returns each model's figures and the all-busy point."""
+    progress(f"{', '.join(names)} [{label}]: starting TorchServe")
     began = time.monotonic()
-    result: dict[str, Any] = {"points": []}
-    with private_server(model_store, [name], workdir=workdir, config_text=config_text) as server:
-        result["startup_s"] = round(time.monotonic() - began, 1)
-        progress(f"{name} [{label}]: READY after {result['startup_s']} s")
-        for concurrency in load.concurrencies:
-            before = cpu_counters(server.process.pid)
-            point = run_point(
-                server.endpoints.inference,
-                name,
-                payloads,
-                concurrency,
-                duration_s=load.duration_s,
-                warmup_s=load.warmup_s,
-            )
-            others = other_load(before, cpu_counters(server.process.pid))
-            result["points"].append({**point.as_dict(), **others})
-            progress(f"{name} [{label}] {describe(point)}  other load {others['other_cores']}")
-        if size_payloads:
-            result["jpeg_size"] = measure_jpeg_sizes(
-                server.endpoints.inference, name, size_payloads
-            )
-    progress(f"{name} [{label}]: server stopped")
-    return result
+    per_model: dict[str, dict[str, Any]] = {}
+    together = None
+    with private_server(model_store, names, workdir=workdir, config_text=config_text) as server:
+        startup_s = round(time.monotonic() - began, 1)
+        progress(f"{', '.join(names)} [{label}]: READY after {startup_s} s")
+        for name in names:
+            result: dict[str, Any] = {"startup_s": startup_s, "points": []}
+            for concurrency in load.concurrencies:
+                before = cpu_counters(server.process.pid)
+                point = run_point(
+                    server.endpoints.inference,
+                    name,
+                    payloads,
+                    concurrency,
+                    duration_s=load.duration_s,
+                    warmup_s=load.warmup_s,
+                )
+                others = other_load(before, cpu_counters(server.process.pid))
+                result["points"].append({**point.as_dict(), **others})
+                progress(f"{name} [{label}] {describe(point)}  other load {others['other_cores']}")
+            if size_payloads:
+                result["jpeg_size"] = measure_jpeg_sizes(
+                    server.endpoints.inference, name, size_payloads
+                )
+            per_model[name] = result
+        if all_busy and len(names) > 1:
+            together = measure_all_busy(server, label, names, payloads, load, per_model)
+    progress(f"{', '.join(names)} [{label}]: server stopped")
+    return per_model, together
+
+
+def measure_all_busy(
+    server: RunningServer,
+    label: str,
+    names: list[str],
+    payloads: list[bytes],
+    load: LoadSettings,
+    alone: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Every model of the server loaded at once, each by its own clients. A model's share is
+    its throughput now over its throughput alone: the shares add up to 1 when the models split
+    the machine without loss, and fall far below when their threads oversubscribe the cores."""
+    c = HEADLINE_CONCURRENCY
+    points: dict[str, LoadPoint] = {}
+
+    def load_one(name: str) -> None:
+        points[name] = run_point(
+            server.endpoints.inference,
+            name,
+            payloads,
+            c,
+            duration_s=load.duration_s,
+            warmup_s=load.warmup_s,
+        )
+
+    before = cpu_counters(server.process.pid)
+    clients = [threading.Thread(target=load_one, args=(name,)) for name in names]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    others = other_load(before, cpu_counters(server.process.pid))
+    found: dict[str, Any] = {"concurrency_per_model": c, "models": {}, **others}
+    for name in names:
+        point = points[name]
+        alone_at_c = point_at(alone[name]["points"], c)
+        share = point.throughput_rps / alone_at_c["throughput_rps"] if alone_at_c else 0.0
+        found["models"][name] = {**point.as_dict(), "share_of_alone": round(share, 3)}
+        progress(f"{name} [{label}, all busy] {describe(point)}  share of alone {share:.2f}")
+    found["shares_sum"] = round(sum(m["share_of_alone"] for m in found["models"].values()), 3)
+    return found
 
 
 def describe(point: LoadPoint) -> str:
@@ -507,7 +561,8 @@ def headline(results: dict[str, Any], formats: list[str]) -> list[dict[str, Any]
                     f"<= {TARGET_C1_OVERHEAD_MS}",
                     overhead <= TARGET_C1_OVERHEAD_MS,
                 )
-            errors = sum(p["errors"] for p in served["points"])
+            busy = results["all_busy"].get(f"ours-{fmt}", {}).get("models", {}).get(name, {})
+            errors = sum(p["errors"] for p in served["points"]) + busy.get("errors", 0)
             row(
                 f"errors, c <= {max(p['concurrency'] for p in served['points'])} ({fmt})",
                 name,
@@ -558,6 +613,14 @@ def notes(results: dict[str, Any]) -> list[str]:
         if "jpeg_size" in ours:
             ratio = ours["jpeg_size"]["p50_ratio_large_over_small"]
             found.append(f"{name}: p50 at c1 of a 12 MP JPEG / a 0.3 MP JPEG = {ratio:.2f}")
+    for label, busy in results["all_busy"].items():
+        rates = " + ".join(
+            f"{name} {m['throughput_rps']:.1f}" for name, m in busy["models"].items()
+        )
+        found.append(
+            f"{label}, all models busy at once ({busy['concurrency_per_model']} clients each): "
+            f"{rates} req/s; shares of their alone throughput add up to {busy['shares_sum']:.2f}"
+        )
     busiest = max(
         (
             p["client_cpu_s"] / p["window_s"]
@@ -580,6 +643,7 @@ def busiest_other(results: dict[str, Any]) -> float:
             for entry in [
                 *model["in_process"].values(),
                 *(p for served in model["served"].values() for p in served["points"]),
+                *results["all_busy"].values(),
             ]
         ),
         default=0.0,
@@ -614,7 +678,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"{settings['duration_s']:.0f} s after a warm-up of at least {settings['warmup_s']:.0f} s "
         "(and until every client had one answer); JPEG photos "
         f"({', '.join(p.name for p in PHOTOS)}; PNGs re-encoded at quality {JPEG_QUALITY}); "
-        "untrained weights; one model per server, one server at a time.",
+        "untrained weights. Our setups serve all the models from one server, as `make serve` "
+        "does (each model measured while the others idle, then all loaded at once); the stock "
+        "setup serves each model alone. One server at a time.",
         "",
         "## Headline",
         "",
@@ -674,6 +740,26 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "Setups: `ours-<format>` = our handler and model-config.yaml with the project's "
         "config.properties; `stock` = the same .pt with `--handler image_classifier`, no "
         "model-config, TorchServe's default config (default_workers_per_model = cores, batch 1).",
+        "",
+        "## All models busy at once (one server, as `make serve` runs them)",
+        "",
+        "| setup | model | clients | req/s | p50 ms | p99 ms | errors | share of its alone req/s "
+        "| other load (cores) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, busy in results["all_busy"].items():
+        for name, m in busy["models"].items():
+            lat = m["latency_ms"]
+            lines.append(
+                f"| {label} | {name} | {m['concurrency']} | {m['throughput_rps']:.1f} | "
+                f"{lat['p50']:.0f} | {lat['p99']:.0f} | {m['errors']} | "
+                f"{m['share_of_alone']:.2f} | {busy['other_cores']:.2f} |"
+            )
+    lines += [
+        "",
+        "Shares add up to about 1 when the models split the machine without loss (the handler's "
+        "compute gate makes their batches take turns, each with all cores); threads of two "
+        "models running side by side would oversubscribe the cores and add up to far less.",
         "",
         "## Large JPEG (our handler, concurrency 1)",
         "",
@@ -761,6 +847,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_s": load.warmup_s,
         },
         "models": {name: {"in_process": {}, "served": {}} for name in args.models},
+        "all_busy": {},
     }
     progress(f"load average {results['load']['start']}; formats: {', '.join(formats)}")
     payloads = photo_payloads()
@@ -780,37 +867,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 **other_load(before, cpu_counters()),
             }
 
-    for name in args.models:
-        served = results["models"][name]["served"]
-        served["ours-torchscript"] = serve_and_measure(
-            "ours-torchscript",
-            work.store("torchscript"),
-            name,
-            work.server(f"ours-{name}"),
+    # Our setups serve every model from one server, as `make serve` does; the stock setup serves
+    # each alone (TorchServe's defaults, the kindest case for it).
+    for fmt in formats:
+        label = f"ours-{fmt}"
+        per_model, together = serve_and_measure(
+            label,
+            work.store(fmt),
+            list(args.models),
+            work.server(label),
             None,
             payloads,
             load,
-            size_payloads=sizes,
+            size_payloads=sizes if fmt == "torchscript" else None,
+            all_busy=True,
         )
-        served["stock"] = serve_and_measure(
-            "stock",
-            work.stock_store,
-            name,
-            work.server(f"stock-{name}"),
-            STOCK_CONFIG,
-            payloads,
-            load,
-        )
-        for fmt in formats[1:]:
-            served[f"ours-{fmt}"] = serve_and_measure(
-                f"ours-{fmt}",
-                work.store(fmt),
-                name,
-                work.server(f"{fmt}-{name}"),
-                None,
-                payloads,
-                load,
-            )
+        for name, result in per_model.items():
+            results["models"][name]["served"][label] = result
+        if together:
+            results["all_busy"][label] = together
+        if fmt == "torchscript":
+            for name in args.models:
+                per_model, _ = serve_and_measure(
+                    "stock",
+                    work.stock_store,
+                    [name],
+                    work.server(f"stock-{name}"),
+                    STOCK_CONFIG,
+                    payloads,
+                    load,
+                )
+                results["models"][name]["served"]["stock"] = per_model[name]
 
     results["load"]["end"] = [round(x, 2) for x in os.getloadavg()]
     results["headline"] = headline(results, formats)

@@ -36,7 +36,6 @@ class BuildRequest:
     name: str | None = None
     model_format: str = "torchscript"
     seed: int = 0
-    models_served_together: int = 1
     jpeg_draft_factor: int = JPEG_DRAFT_FACTOR
 
     @property
@@ -84,7 +83,6 @@ def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:
         arch,
         loaded.preprocessing,
         model_format=request.model_format,
-        models_served_together=request.models_served_together,
         jpeg_draft_factor=request.jpeg_draft_factor,
     )
     (archive_dir / "model-config.yaml").write_text(

@@ -34,7 +34,6 @@ def cmd_build(args: argparse.Namespace) -> None:
         raise BuildError("NAME renames one model: give exactly one entry in MODELS")
     for arch in args.models:  # all names checked before the first (slow) build
         check_architecture(arch)
-    together = args.served_together or len(args.models)
     for position, arch in enumerate(args.models, 1):
         request = BuildRequest(
             architecture=arch,
@@ -43,7 +42,6 @@ def cmd_build(args: argparse.Namespace) -> None:
             name=args.name,
             model_format=args.format,
             seed=args.seed,
-            models_served_together=together,
             jpeg_draft_factor=args.jpeg_draft,
         )
         print(
@@ -106,12 +104,6 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--name", help="served name for a single model (default: its arch)")
     build.add_argument("--format", default="torchscript")
     build.add_argument("--seed", type=int, default=0, help="seed of untrained weights")
-    build.add_argument(
-        "--served-together",
-        type=int,
-        default=0,
-        help="models sharing the server's cores (default: number of --models)",
-    )
     build.add_argument(
         "--jpeg-draft",
         type=int,

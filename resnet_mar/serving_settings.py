@@ -5,19 +5,25 @@ reads the top-level keys, the handler reads ``handler:``), so an archive carries
 needs, as a Triton model folder does.
 
 Why these defaults (measured on 2 cores with ``make bench``, see README "Benchmark"):
-* one worker per model, and intra-op threads = cores / models served together: workers x threads
-  never exceed the cores, which is what made the stock set-up collapse under concurrent load.
+* one worker per model with as many intra-op threads as cores, and the handler's compute gate
+  (handlers/compute_gate.py): the models of a server take turns, each batch using all cores, so
+  a model asked alone is as fast as if it were served alone, and busy models never run more
+  threads than cores. Measured with resnet18 and resnet50 served together, 16 clients each:
+  gate, alone 81 and 38 req/s, both busy 26 + 26 req/s (the machine shared, no collapse);
+  all threads without the gate, alone 78 and 36, both busy 11 + 5 (the stock collapse);
+  the cores split between the models (1 thread each), alone 49 and 14, both busy 48 + 15.
   Two single-thread workers instead of one two-thread worker were measured too: resnet50 served
   at concurrency 1 took 82 ms instead of 37-42 ms (one image cannot use the idle core) and 31
   instead of 39-42 req/s at concurrency 16; resnet18 gained nothing at 16 (89 vs 85-89 req/s);
 * batches of up to 8: the handler runs them channels-last, where batch 16 adds no more than 6%
   images/s in process (resnet18; resnet50 none) for twice the time per batch; at 16 clients two
   batches of 8 alternate, so the next one is queued while one runs;
-* batches gathered for at most 2 ms: TorchServe always waits the full delay for a second request,
+* batches gathered for at most 1 ms: TorchServe always waits the full delay for a second request,
   so a lone request pays it whole; 5 ms cost resnet50 about 5 ms of p50 at concurrency 1
   (42-43 ms vs 37-38 ms) and bought nothing at 16 clients (38-39 vs 39-42 req/s): a loaded
-  server fills its batches from the queue without waiting. Below 2 ms TorchServe's millisecond
-  clock can close a batch before the queued requests are taken;
+  server fills its batches from the queue without waiting. 1 instead of 2 ms took 0.6-0.9 ms off
+  resnet18's p50 at concurrency 1, and its batches at 16 clients stayed full (118 of 120 held 8;
+  TorchServe's millisecond clock could close one early, which 0 ms would do every time);
 * a bounded queue: past it TorchServe answers 503 at once instead of letting latency grow.
 """
 
@@ -31,7 +37,7 @@ from resnet_mar.weights import Preprocessing
 
 #: Larger batches beyond this add latency without adding throughput on CPU (see above).
 BATCH_SIZE = 8
-MAX_BATCH_DELAY_MS = 2
+MAX_BATCH_DELAY_MS = 1
 #: A 12-megapixel phone photo is fine; a decompression bomb is refused before it is decoded.
 MAX_IMAGE_PIXELS = 50_000_000
 #: Off by default: then every answer equals the in-process reference (standard preprocessing on
@@ -81,18 +87,11 @@ class ServingSettings:
         }
 
 
-def threads_per_model(models_served_together: int, cores: int | None = None) -> int:
-    """Split the cores between the models of one server so that they never oversubscribe."""
-    cores = cores or os.cpu_count() or 1
-    return max(1, cores // max(1, models_served_together))
-
-
 def serving_settings(
     architecture: str,
     preprocessing: Preprocessing,
     *,
     model_format: str,
-    models_served_together: int,
     jpeg_draft_factor: int = JPEG_DRAFT_FACTOR,
     cores: int | None = None,
 ) -> ServingSettings:
@@ -100,6 +99,6 @@ def serving_settings(
         architecture=architecture,
         model_format=model_format,
         preprocessing=preprocessing,
-        intra_op_threads=threads_per_model(models_served_together, cores),
+        intra_op_threads=cores or os.cpu_count() or 1,
         jpeg_draft_factor=jpeg_draft_factor,
     )

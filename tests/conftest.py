@@ -47,7 +47,7 @@ CUSTOM_LABELS = ["daisy", "dandelion", "rose", "sunflower", "tulip", "crane", "c
 @pytest.fixture(scope="session")
 def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Untrained resnet18 and resnet50 plus a custom-label checkpoint, built as `make script`
-    builds them (three models served together)."""
+    builds them (served together, each with every core)."""
     import json
 
     import torch
@@ -57,7 +57,7 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("build")
     for arch in ("resnet18", "resnet50"):
-        build_model(BuildRequest(arch, weights="none", models_served_together=3), out)
+        build_model(BuildRequest(arch, weights="none"), out)
     torch.manual_seed(5)
     checkpoint = out / "flowers_state_dict.pt"
     torch.save(torchvision.models.resnet18(num_classes=len(CUSTOM_LABELS)).state_dict(), checkpoint)
@@ -69,7 +69,6 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             weights=str(checkpoint),
             labels=labels,
             name="flowers",
-            models_served_together=3,
         ),
         out,
     )

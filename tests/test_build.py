@@ -4,6 +4,7 @@ writes for archive.sh."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,8 @@ def test_build_writes_model_labels_config_and_provenance(build_dir: Path) -> Non
     assert config["batchSize"] >= 4 and config["minWorkers"] == config["maxWorkers"] == 1
     assert config["handler"]["preprocessing"]["crop_size"] == 224
     assert config["handler"]["format"] == "torchscript"
-    # Three models served together on this machine's cores: never oversubscribed.
-    cores = __import__("os").cpu_count()
-    assert config["handler"]["intra_op_threads"] * 3 <= max(cores, 3)
+    # Each model may use every core; the handler's compute gate makes models take turns.
+    assert config["handler"]["intra_op_threads"] == os.cpu_count()
 
     labels = json.loads((build_dir / "resnet18" / "index_to_name.json").read_text())
     assert len(labels) == 1000

@@ -14,10 +14,11 @@ from input_errors import BadInput
 from PIL import Image
 from resnet_handler import (
     ResNetClassifierHandler,
+    crop_pixels,
     decode_request,
     encode_response,
+    model_input,
     parse_topk,
-    preprocess_image,
 )
 from torchvision.models import ResNet50_Weights
 
@@ -36,10 +37,19 @@ def settings_for(preprocessing: Preprocessing, **extra) -> HandlerSettings:
     ids=["resize256", "resize232"],
 )
 def test_preprocessing_equals_the_weights_entry_transforms(photos, weights_transforms) -> None:
+    """Bit for bit, image by image and as one batch, in both memory layouts."""
     settings = settings_for(Preprocessing.from_transforms(weights_transforms))
-    for path in photos.values():
-        picture = Image.open(path).convert("RGB")
-        assert torch.equal(preprocess_image(picture, settings), weights_transforms(picture))
+    pictures = [Image.open(path).convert("RGB") for path in photos.values()]
+    expected = torch.stack([weights_transforms(picture) for picture in pictures])
+    crops = [crop_pixels(picture, settings) for picture in pictures]
+    for channels_last in (False, True):
+        batch = model_input(crops, settings, channels_last=channels_last)
+        assert batch.is_contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format
+        )
+        assert torch.equal(batch, expected)
+    for crop, picture in zip(crops, pictures, strict=True):
+        assert torch.equal(model_input([crop], settings)[0], weights_transforms(picture))
 
 
 def test_decode_request_from_raw_multipart_base64_and_json(photo_bytes) -> None:
@@ -57,8 +67,8 @@ def test_decode_request_from_raw_multipart_base64_and_json(photo_bytes) -> None:
         ({"body": jpeg}, {"x-topk": "4"}, 4),
     ]
     for request, headers, expected_topk in forms:
-        tensor, topk = decode_request(request, headers, settings, num_classes=1000)
-        assert torch.equal(tensor, expected), (request.keys(), headers)
+        crop, topk = decode_request(request, headers, settings, num_classes=1000)
+        assert torch.equal(model_input([crop], settings)[0], expected), (request.keys(), headers)
         assert topk == expected_topk, (request.keys(), headers)
 
 
@@ -67,11 +77,13 @@ def test_large_jpegs_are_decoded_exactly_by_default_and_cheaply_on_request(photo
     Image.open(photos["chelsea"]).convert("RGB").resize((1600, 1200)).save(big, "JPEG", quality=90)
     request = {"body": big.getvalue()}
     reference = STANDARD_IMAGENET.to_transforms()(Image.open(big).convert("RGB"))
-    exact, _ = decode_request(request, {}, settings_for(STANDARD_IMAGENET), 1000)
+    settings = settings_for(STANDARD_IMAGENET)
+    exact = model_input([decode_request(request, {}, settings, 1000)[0]], settings)[0]
     assert torch.equal(exact, reference)
-    drafted, _ = decode_request(
+    drafted_crop, _ = decode_request(
         request, {}, settings_for(STANDARD_IMAGENET, jpeg_draft_factor=2), 1000
     )
+    drafted = model_input([drafted_crop], settings)[0]
     assert not torch.equal(drafted, reference)  # decoded from 800x600, not 1600x1200
     assert (drafted - reference).abs().mean() < 0.05
 

@@ -1,0 +1,82 @@
+"""The compute gate: while one worker holds it, no other process of the server gets it, and a
+worker that dies holding it does not block the others."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from compute_gate import ComputeGate, gate_path
+
+from tests.conftest import HANDLERS
+
+#: Another worker: tries the gate file without waiting and prints whether it got it.
+TRY_GATE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("acquired")
+except BlockingIOError:
+    print("blocked")
+"""
+
+#: A worker that takes the gate, says so, and waits to be killed while holding it.
+HOLD_GATE = f"""
+import sys, time
+sys.path.insert(0, {str(HANDLERS)!r})
+from compute_gate import ComputeGate
+with ComputeGate(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def other_worker_tries(path: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", TRY_GATE, str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_one_worker_at_a_time(tmp_path: Path) -> None:
+    gate = ComputeGate(str(tmp_path / "gate.lock"))
+    assert other_worker_tries(tmp_path / "gate.lock") == "acquired"
+    with gate:
+        assert other_worker_tries(tmp_path / "gate.lock") == "blocked"
+    assert other_worker_tries(tmp_path / "gate.lock") == "acquired"
+
+
+def test_a_worker_that_dies_holding_the_gate_releases_it(tmp_path: Path) -> None:
+    path = tmp_path / "gate.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_GATE, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        assert other_worker_tries(path) == "blocked"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    with ComputeGate(str(path)):  # would hang if the dead worker still held it
+        assert other_worker_tries(path) == "blocked"
+
+
+def test_the_gate_is_per_server_and_per_user(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """TorchServe keeps one server per TMPDIR and its workers inherit it: one gate each."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    assert gate_path() == str(tmp_path / f"resnet_mar_compute_{os.getuid()}.lock")
+    with ComputeGate():
+        fd = os.open(gate_path(), os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
