@@ -37,10 +37,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -429,10 +429,9 @@ def measure_all_busy(
     its throughput now over its throughput alone: the shares add up to 1 when the models split
     the machine without loss, and fall far below when their threads oversubscribe the cores."""
     c = HEADLINE_CONCURRENCY
-    points: dict[str, LoadPoint] = {}
 
-    def load_one(name: str) -> None:
-        points[name] = run_point(
+    def load_one(name: str) -> LoadPoint:
+        return run_point(
             server.endpoints.inference,
             name,
             payloads,
@@ -442,11 +441,8 @@ def measure_all_busy(
         )
 
     before = cpu_counters(server.process.pid)
-    clients = [threading.Thread(target=load_one, args=(name,)) for name in names]
-    for client in clients:
-        client.start()
-    for client in clients:
-        client.join()
+    with ThreadPoolExecutor(max_workers=len(names)) as clients:  # re-raises a client's failure
+        points = dict(zip(names, clients.map(load_one, names), strict=True))
     others = other_load(before, cpu_counters(server.process.pid))
     found: dict[str, Any] = {"concurrency_per_model": c, "models": {}, **others}
     for name in names:
