@@ -73,8 +73,11 @@ serve: setup ## archive if needed, start TorchServe with every archive, wait unt
 	if [ -n "$$missing" ]; then echo "serve: no archive for: $$missing; running make archive"; \
 		$(MAKE) --no-print-directory archive; fi
 	@mkdir -p logs
-	torchserve --start --ncs --model-store $(MODEL_STORE) --models all --ts-config config.properties \
-		</dev/null >logs/torchserve.out 2>&1 || { cat logs/torchserve.out; exit 1; }
+	@workerenv=$$($(BIN)/python -m resnet_mar worker-env); \
+	echo "env $$workerenv torchserve --start --ncs --model-store $(MODEL_STORE) --models all --ts-config config.properties"; \
+	env $$workerenv torchserve --start --ncs --model-store $(MODEL_STORE) --models all \
+		--ts-config config.properties </dev/null >logs/torchserve.out 2>&1 \
+		|| { cat logs/torchserve.out; exit 1; }
 	$(BIN)/python -m resnet_mar wait-ready --config config.properties \
 		--models $$(ls $(MODEL_STORE)/*.mar | xargs -n1 basename | sed 's/\.mar$$//')
 

@@ -5,6 +5,7 @@ A bad value stops the model from loading with a clear message, never a request a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,9 @@ class HandlerSettings:
     max_image_pixels: int = 50_000_000
     jpeg_draft_factor: int = 0
     model_format: str = "torchscript"
+    #: Environment variables the archive was tuned with, as (name, value) pairs (see
+    #: ``environment_advice``).
+    worker_environment: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> HandlerSettings:
@@ -41,6 +45,10 @@ class HandlerSettings:
                 max_image_pixels=int(config.get("max_image_pixels", 50_000_000)),
                 jpeg_draft_factor=int(config.get("jpeg_draft_factor", 0)),
                 model_format=str(config.get("format", "torchscript")),
+                worker_environment=tuple(
+                    (str(name), str(value))
+                    for name, value in (config.get("worker_environment") or {}).items()
+                ),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"model-config.yaml 'handler' section is invalid: {err!r}") from err
@@ -49,3 +57,17 @@ class HandlerSettings:
         if min(settings.resize_size, settings.crop_size, settings.topk) < 1:
             raise ValueError("model-config.yaml: resize_size, crop_size and topk must be >= 1")
         return settings
+
+
+def environment_advice(expected: tuple[tuple[str, str], ...], environ: Mapping[str, str]) -> str:
+    """What to change in TorchServe's environment to serve as fast as the archive was tuned
+    for, or "" when nothing. A worker cannot set these itself: OpenMP reads them when torch is
+    loaded, before the handler is imported. So the handler says it in the log instead."""
+    missing = " ".join(f"{name}={value}" for name, value in expected if environ.get(name) != value)
+    if not missing:
+        return ""
+    return (
+        f"TorchServe was started without {missing} (handler.worker_environment in the archive's "
+        "model-config.yaml): answers stay the same, but under load they come slower. Start it "
+        f"as `{missing} torchserve --start ...`; `make serve` does."
+    )

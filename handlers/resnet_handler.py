@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from compute_gate import ComputeGate
-from handler_settings import HandlerSettings
+from handler_settings import HandlerSettings, environment_advice
 from image_decoding import decode_rgb
 from input_errors import BadInput, bad_request
 from model_runtimes import load_model
@@ -128,6 +128,9 @@ class ResNetClassifierHandler:
     def initialize(self, context: Any) -> None:
         model_dir = context.system_properties["model_dir"]
         self.settings = HandlerSettings.from_config(context.model_yaml_config.get("handler", {}))
+        advice = environment_advice(self.settings.worker_environment, os.environ)
+        if advice:
+            logger.warning(advice)
         serialized = context.manifest["model"]["serializedFile"]
         self.model = load_model(
             os.path.join(model_dir, serialized),

@@ -5,7 +5,8 @@ For each model (untrained weights: speed does not depend on them) one run measur
 * the in-process limit: the very file the server serves, loaded in this process as our handler
   loads it but with all cores, fed preprocessed photos at batch sizes 1..16 (TorchScript in
   both input layouts), no server, no decoding -- the ceiling any serving setup can reach here;
-* our served model (our handler, our model-config.yaml, the project's config.properties);
+* our served model (our handler, our model-config.yaml, the project's config.properties,
+  the workers' environment ``make serve`` sets);
 * the stock setup: the same ``.pt`` archived with ``--handler image_classifier`` and no
   model-config, served by TorchServe's default configuration (only loopback addresses, free
   ports and no token authorization changed);
@@ -39,7 +40,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ from PIL import Image
 from resnet_mar.build import BuildRequest, build_model
 from resnet_mar.export import EXPORTERS, JIT_DEPRECATION
 from resnet_mar.load_client import LoadPoint, run_point
+from resnet_mar.serving_settings import WORKER_ENVIRONMENT
 from resnet_mar.torchserve import REPO_ROOT, RunningServer, private_server
 from resnet_mar.weights import STANDARD_IMAGENET, UNTRAINED
 
@@ -375,6 +377,7 @@ def serve_and_measure(
     names: list[str],
     workdir: Path,
     config_text: str | None,
+    worker_environment: Mapping[str, str],
     payloads: list[bytes],
     load: LoadSettings,
     *,
@@ -388,7 +391,13 @@ def serve_and_measure(
     began = time.monotonic()
     per_model: dict[str, dict[str, Any]] = {}
     together = None
-    with private_server(model_store, names, workdir=workdir, config_text=config_text) as server:
+    with private_server(
+        model_store,
+        names,
+        workdir=workdir,
+        config_text=config_text,
+        worker_environment=worker_environment,
+    ) as server:
         startup_s = round(time.monotonic() - began, 1)
         progress(f"{', '.join(names)} [{label}]: READY after {startup_s} s")
         for name in names:
@@ -734,8 +743,11 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     lines += [
         "",
         "Setups: `ours-<format>` = our handler and model-config.yaml with the project's "
-        "config.properties; `stock` = the same .pt with `--handler image_classifier`, no "
-        "model-config, TorchServe's default config (default_workers_per_model = cores, batch 1).",
+        "config.properties and the workers' environment `make serve` sets ("
+        + ", ".join(f"`{k}={v}`" for k, v in WORKER_ENVIRONMENT.items())
+        + "); `stock` = the same .pt with `--handler image_classifier`, no model-config, "
+        "TorchServe's default config and environment (default_workers_per_model = cores, "
+        "batch 1).",
         "",
         "## All models busy at once (one server, as `make serve` runs them)",
         "",
@@ -873,6 +885,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             list(args.models),
             work.server(label),
             None,
+            WORKER_ENVIRONMENT,
             payloads,
             load,
             size_payloads=sizes if fmt == "torchscript" else None,
@@ -890,6 +903,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     [name],
                     work.server(f"stock-{name}"),
                     STOCK_CONFIG,
+                    {},
                     payloads,
                     load,
                 )

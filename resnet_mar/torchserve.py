@@ -14,12 +14,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from resnet_mar.serving_settings import WORKER_ENVIRONMENT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
@@ -134,9 +136,11 @@ def private_server(
     *,
     workdir: Path,
     config_text: str | None = None,
+    worker_environment: Mapping[str, str] = WORKER_ENVIRONMENT,
     timeout_s: float = 300,
 ) -> Iterator[RunningServer]:
-    """A TorchServe of its own (TMPDIR, ports, logs) serving ``models``; always stopped."""
+    """A TorchServe of its own (TMPDIR, ports, logs) serving ``models``; always stopped.
+    Its workers get ``worker_environment``, as ``make serve`` gives them."""
     config_text = config_text or (REPO_ROOT / "config.properties").read_text()
     config_text = config_with_free_ports(config_text)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +149,7 @@ def private_server(
     config_file.write_text(config_text)
     env = {
         **os.environ,
+        **worker_environment,
         "TMPDIR": str(workdir / "tmp"),
         "LOG_LOCATION": str(workdir / "logs"),
         "METRICS_LOCATION": str(workdir / "logs"),

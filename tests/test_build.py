@@ -15,6 +15,7 @@ import yaml
 
 from resnet_mar.build import BuildError, BuildRequest, build_model
 from resnet_mar.parity import ParityError, check_parity, parity_inputs
+from resnet_mar.serving_settings import WORKER_ENVIRONMENT
 from resnet_mar.weights import load_weights, sha256_of
 from tests.conftest import CUSTOM_LABELS, REPO_ROOT
 
@@ -38,6 +39,8 @@ def test_build_writes_model_labels_config_and_provenance(build_dir: Path) -> Non
     assert config["handler"]["format"] == "torchscript"
     # Each model may use every core; the handler's compute gate makes models take turns.
     assert config["handler"]["intra_op_threads"] == os.cpu_count()
+    # What the server's workers are tuned for travels with the model (the handler checks it).
+    assert config["handler"]["worker_environment"] == WORKER_ENVIRONMENT
 
     labels = json.loads((build_dir / "resnet18" / "index_to_name.json").read_text())
     assert len(labels) == 1000

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from handler_settings import HandlerSettings
+from handler_settings import HandlerSettings, environment_advice
 from input_errors import BadInput
 from PIL import Image
 from resnet_handler import (
@@ -174,6 +174,30 @@ def test_invalid_handler_config_fails_at_load(build_dir, tmp_path) -> None:
         HandlerSettings.from_config({"preprocessing": {"crop_size": 224}})
     with pytest.raises(ValueError, match="must be >= 1"):
         HandlerSettings.from_config({"preprocessing": STANDARD_IMAGENET.as_dict(), "topk": 0})
+
+
+def test_environment_advice_names_what_the_server_lacks() -> None:
+    expected = (("GOMP_SPINCOUNT", "3000"), ("OTHER", "1"))
+    assert environment_advice(expected, {"GOMP_SPINCOUNT": "3000", "OTHER": "1"}) == ""
+    advice = environment_advice(expected, {"GOMP_SPINCOUNT": "300000", "OTHER": "1"})
+    assert "`GOMP_SPINCOUNT=3000 torchserve --start ...`" in advice
+    assert "OTHER" not in advice
+    assert "GOMP_SPINCOUNT=3000 OTHER=1" in environment_advice(expected, {})
+    assert environment_advice((), {}) == ""
+
+
+def test_handler_logs_the_worker_environment_it_lacks(
+    build_dir, tmp_path, monkeypatch, caplog
+) -> None:
+    model_dir = unpacked_model_dir(build_dir, "resnet18", tmp_path / "model")
+    context = FakeContext(model_dir, "resnet18.pt")
+    wanted = context.model_yaml_config["handler"]["worker_environment"]
+    for name in wanted:
+        monkeypatch.delenv(name, raising=False)
+    with caplog.at_level("WARNING", logger="resnet_handler"):
+        ResNetClassifierHandler().initialize(context)
+    lacking = " ".join(f"{name}={value}" for name, value in wanted.items())
+    assert [r.message for r in caplog.records if lacking in r.message], caplog.text
 
 
 def test_archive_reference_helper_reads_the_same_model(build_dir, photo_bytes) -> None:

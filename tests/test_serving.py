@@ -16,6 +16,7 @@ import pytest
 import requests
 from PIL import Image
 
+from resnet_mar.serving_settings import WORKER_ENVIRONMENT
 from resnet_mar.torchserve import RunningServer, private_server
 from tests.conftest import CUSTOM_LABELS, PHOTOS, REPO_ROOT
 from tests.odd_images import broken_inputs, valid_images
@@ -71,6 +72,20 @@ def worker_pids(server: RunningServer) -> dict[str, list[int]]:
         described = requests.get(f"{server.endpoints.management}/models/{name}", timeout=10)
         pids[name] = sorted(w["pid"] for m in described.json() for w in m["workers"])
     return pids
+
+
+def test_workers_run_in_the_environment_they_are_tuned_for(server: RunningServer) -> None:
+    """What ``make serve`` and the benchmark give the workers (GOMP_SPINCOUNT, ...) reaches
+    them: read back from each worker process itself."""
+    for name, pids in worker_pids(server).items():
+        for pid in pids:
+            environ = dict(
+                item.split("=", 1)
+                for item in Path(f"/proc/{pid}/environ").read_text().split("\0")
+                if "=" in item
+            )
+            for key, value in WORKER_ENVIRONMENT.items():
+                assert environ.get(key) == value, f"{name} worker {pid}: {key}={environ.get(key)}"
 
 
 def test_ping_and_models(server: RunningServer, pids_at_start) -> None:
