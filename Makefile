@@ -68,7 +68,7 @@ script: $(STAMP) ## compile MODELS (FORMAT, default TorchScript) into build/, ch
 archive: script ## script, then pack model_store/<name>.mar per model (archive.sh)
 	./archive.sh -b $(BUILD) -s $(MODEL_STORE) -v $(VERSION) $(NAMES)
 
-serve: setup ## archive if needed, start TorchServe with every archive, wait until READY
+serve: setup ## archive if needed, start TorchServe with every archive (and GOMP_SPINCOUNT), wait until READY
 	@missing=$$(for n in $(NAMES); do [ -f $(MODEL_STORE)/$$n.mar ] || echo $$n; done); \
 	if [ -n "$$missing" ]; then echo "serve: no archive for: $$missing; running make archive"; \
 		$(MAKE) --no-print-directory archive; fi

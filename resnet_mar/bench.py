@@ -11,7 +11,9 @@ For each model (untrained weights: speed does not depend on them) one run measur
   model-config, served by TorchServe's default configuration (only loopback addresses, free
   ports and no token authorization changed);
 * the same for every other format the toolkit exports (FORMAT=onnx when it exists);
-* the cost of a 12-megapixel JPEG against a 0.3-megapixel one, at concurrency 1.
+* the cost of a 12-megapixel JPEG against a 0.3-megapixel one, at concurrency 1;
+* the CPU the handler's exact preprocessing costs per photo (which the limit leaves out), and
+  each limit again after the served measurements (the machine's speed drifts).
 
 Our setups serve every model from one server, as ``make serve`` does: each model is measured
 while the others idle, then all of them are loaded at once (the models must share the machine,
@@ -28,8 +30,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import importlib.metadata
-import importlib.util
 import io
 import json
 import os
@@ -44,12 +46,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import matplotlib
 import psutil
 import skimage.data
 import torch
+import yaml
 from PIL import Image
 
 from resnet_mar.build import BuildRequest, build_model
@@ -282,24 +286,22 @@ def other_load(before: CpuCounters, after: CpuCounters) -> dict[str, float]:
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def handler_loader() -> Callable[[str, str, int], Forward]:
-    """``load_model`` of ``handlers/model_runtimes.py``: the in-process limit loads the file
-    exactly as our handler does (handlers/ is not a package: inside an archive its modules import
-    each other by bare name, so it is loaded from its path)."""
-    path = REPO_ROOT / "handlers" / "model_runtimes.py"
-    spec = importlib.util.spec_from_file_location("model_runtimes", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.load_model
+def handler_module(name: str) -> ModuleType:
+    """A module of ``handlers/`` as TorchServe imports it. handlers/ is not a package: inside an
+    archive its modules import each other by bare name, so the folder goes on ``sys.path`` (at
+    the end, where it shadows nothing)."""
+    folder = str(REPO_ROOT / "handlers")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    return importlib.import_module(name)
 
 
 def load_in_process(model_file: Path, model_format: str) -> Forward:
     """The served file, loaded as our handler loads it, on every core of this machine."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=JIT_DEPRECATION)
-        model = handler_loader()(str(model_file), model_format, os.cpu_count() or 1)
+        load_model = handler_module("model_runtimes").load_model
+        model = load_model(str(model_file), model_format, os.cpu_count() or 1)
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -382,6 +384,37 @@ def in_process_limit(
         "best_layout": best_layout,
         "batch1_latency_ms": min(batch1_ms.values()),
     }
+
+
+def preprocessing_cost(
+    model_config: Path, payloads: list[bytes], *, min_time_s: float = 2.0
+) -> float:
+    """Milliseconds of CPU per image for what the handler does before the model, exactly as
+    served: decode, resize and crop (``decode_request``), then normalise (``model_input``), in
+    batches of 8. The in-process limit leaves this out, yet a server spends it on the same
+    cores. Measured on one torch thread, so that no idle OpenMP thread's spinning is counted."""
+    handler = handler_module("resnet_handler")
+    config = yaml.safe_load(model_config.read_text())["handler"]
+    settings = handler_module("handler_settings").HandlerSettings.from_config(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    bodies = [payloads[i % len(payloads)] for i in range(8)]
+    try:
+        images = 0
+        began = time.process_time()
+        while images < 16 or time.process_time() - began < min_time_s:
+            crops = [handler.decode_request({"body": body}, {}, settings, 1)[0] for body in bodies]
+            handler.model_input(crops, settings)
+            images += len(crops)
+        return round((time.process_time() - began) / images * 1000, 3)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def attainable_img_per_s(limit_img_per_s: float, preprocessing_ms: float, cores: int) -> float:
+    """The most images per second the limit's cores can classify when each image also costs
+    ``preprocessing_ms`` of CPU: the time per image of both, with that CPU spread over the cores."""
+    return 1 / (1 / limit_img_per_s + preprocessing_ms / 1000 / cores)
 
 
 # --- served -------------------------------------------------------------------------------------
@@ -624,8 +657,9 @@ def headline(results: dict[str, Any], formats: list[str]) -> list[dict[str, Any]
 
 def notes(results: dict[str, Any]) -> list[str]:
     """Figures without a target that explain the headline: the served throughput against an
-    NCHW-only limit (what a plain ``torch.jit.load`` loop reaches), the 12 MP / 0.3 MP latency
-    ratio, and how much CPU the load generator itself took from the server."""
+    NCHW-only limit (what a plain ``torch.jit.load`` loop reaches), against the limit with exact
+    preprocessing added and against the limit measured again after serving, the 12 MP / 0.3 MP
+    latency ratio, and how much CPU the load generator itself took from the server."""
     found = []
     c = HEADLINE_CONCURRENCY
     for name, model in results["models"].items():
@@ -640,6 +674,15 @@ def notes(results: dict[str, Any]) -> list[str]:
             )
         for fmt, limit in model["in_process"].items():
             served = point_at(model["served"].get(f"ours-{fmt}", {}).get("points", []), c)
+            if served and "preprocessing_ms" in model:
+                cap = attainable_img_per_s(
+                    limit["limit_img_per_s"], model["preprocessing_ms"], limit["threads"]
+                )
+                found.append(
+                    f"{name}: {fmt} limit with exact preprocessing on the same cores = "
+                    f"{cap:.1f} img/s ({cap / limit['limit_img_per_s']:.2f} of the limit); "
+                    f"served c{c} / it = {served['throughput_rps'] / cap:.2f}"
+                )
             if served and "limit_after_img_per_s" in limit:
                 after = limit["limit_after_img_per_s"]
                 found.append(
@@ -764,6 +807,16 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "The limit is measured again at its best batch and layout right after that format's "
         "served measurements; the gap between the two shows how far this machine's speed moved "
         "meanwhile (the cores are shared with other tenants of the host, unseen from inside).",
+        "",
+        "Exact preprocessing (decode, resize, crop, normalise, as served), CPU per photo: "
+        + ", ".join(
+            f"{name} {model['preprocessing_ms']:.2f} ms"
+            for name, model in results["models"].items()
+            if "preprocessing_ms" in model
+        )
+        + ". The limit leaves it out, but a server spends it on the same cores, so even a "
+        "server with no cost of its own could reach at most 1 / (1 / limit + preprocessing / "
+        "cores) images per second; the printed notes give that figure and served / it.",
     ]
     lines += ["", "## Served", ""]
     lines += [
@@ -908,6 +961,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if fmt == "torchscript":
             archive_stock(work, fmt, args.models)
         for name, model_file in files.items():
+            if fmt == "torchscript":
+                config = work.build(fmt) / name / "model-config.yaml"
+                cost = results["models"][name]["preprocessing_ms"] = preprocessing_cost(
+                    config, payloads
+                )
+                progress(f"{name}: exact preprocessing costs {cost:.2f} ms of CPU per photo")
             progress(f"{name}: in-process limit of {model_file.name}")
             before = cpu_counters()
             limit = in_process_limit(model_file, fmt, photos)
