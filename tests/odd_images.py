@@ -32,7 +32,6 @@ PHOTO_SIZE = (151, 101)
 
 
 class ValidCase(NamedTuple):
-    name: str
     data: bytes
     #: The RGB picture a correct decoder returns.
     reference: Image.Image
@@ -45,7 +44,6 @@ class ValidCase(NamedTuple):
 
 
 class BrokenCase(NamedTuple):
-    name: str
     data: bytes
     status: int
     kind: str
@@ -127,31 +125,31 @@ def _registrar(registry: dict[str, Callable]) -> Callable[[str], Callable[[Calla
 _valid = _registrar(_VALID)
 
 
-def _lossy(name: str, data: bytes, source: Image.Image, max_mean_error: float) -> ValidCase:
-    return ValidCase(name, data, pillow_rgb(data), 0, source, max_mean_error)
+def _lossy(data: bytes, source: Image.Image, max_mean_error: float) -> ValidCase:
+    return ValidCase(data, pillow_rgb(data), 0, source, max_mean_error)
 
 
 @_valid("jpeg_baseline")
 def _jpeg_baseline(photo: Image.Image) -> ValidCase:
-    return _lossy("jpeg_baseline", encode(photo, "JPEG", quality=90), photo, 6)
+    return _lossy(encode(photo, "JPEG", quality=90), photo, 6)
 
 
 @_valid("jpeg_progressive")
 def _jpeg_progressive(photo: Image.Image) -> ValidCase:
     data = encode(photo, "JPEG", quality=90, progressive=True)
-    return _lossy("jpeg_progressive", data, photo, 6)
+    return _lossy(data, photo, 6)
 
 
 @_valid("jpeg_cmyk")
 def _jpeg_cmyk(photo: Image.Image) -> ValidCase:
     # Pillow's RGB -> CMYK is K=0, C=255-R...: its CMYK -> RGB gives the photo back.
-    return _lossy("jpeg_cmyk", encode(photo.convert("CMYK"), "JPEG", quality=90), photo, 8)
+    return _lossy(encode(photo.convert("CMYK"), "JPEG", quality=90), photo, 8)
 
 
 @_valid("jpeg_grayscale")
 def _jpeg_grayscale(photo: Image.Image) -> ValidCase:
     gray = photo.convert("L")
-    return _lossy("jpeg_grayscale", encode(gray, "JPEG", quality=90), gray.convert("RGB"), 6)
+    return _lossy(encode(gray, "JPEG", quality=90), gray.convert("RGB"), 6)
 
 
 @_valid("jpeg_exif_rotated")
@@ -162,7 +160,7 @@ def _jpeg_exif_rotated(photo: Image.Image) -> ValidCase:
     exif[0x0112] = 6
     data = encode(photo.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=90, exif=exif)
     upright = pillow_rgb(data).transpose(Image.Transpose.ROTATE_270)
-    return ValidCase("jpeg_exif_rotated", data, upright, 0, photo, 6)
+    return ValidCase(data, upright, 0, photo, 6)
 
 
 @_valid("jpeg_mpo")
@@ -172,18 +170,18 @@ def _jpeg_mpo(photo: Image.Image) -> ValidCase:
     data = encode(photo, "MPO", quality=90, save_all=True, append_images=[second])
     with Image.open(io.BytesIO(data)) as image:
         assert (image.format, image.n_frames) == ("MPO", 2)
-    return _lossy("jpeg_mpo", data, photo, 6)
+    return _lossy(data, photo, 6)
 
 
 @_valid("png_rgb")
 def _png_rgb(photo: Image.Image) -> ValidCase:
-    return ValidCase("png_rgb", encode(photo, "PNG"), photo)
+    return ValidCase(encode(photo, "PNG"), photo)
 
 
 @_valid("png_gray")
 def _png_gray(photo: Image.Image) -> ValidCase:
     gray = photo.convert("L")
-    return ValidCase("png_gray", encode(gray, "PNG"), gray.convert("RGB"))
+    return ValidCase(encode(gray, "PNG"), gray.convert("RGB"))
 
 
 @_valid("png_16bit_gray")
@@ -191,7 +189,7 @@ def _png_16bit_gray(photo: Image.Image) -> ValidCase:
     samples = sixteen_bit_samples(photo)[..., 1]
     image = Image.fromarray(samples)  # mode I;16
     assert image.mode == "I;16"
-    return ValidCase("png_16bit_gray", encode(image, "PNG"), gray_reference(samples))
+    return ValidCase(encode(image, "PNG"), gray_reference(samples))
 
 
 @_valid("png_16bit_gray_transparent")
@@ -204,7 +202,7 @@ def _png_16bit_gray_transparent(photo: Image.Image) -> ValidCase:
     assert same_8_bit.any(), "pick a transparent value that shares its 8-bit value"
     data = encode(Image.fromarray(samples), "PNG", transparency=transparent)
     reference = np.where(samples == transparent, 255, samples // 257).astype(np.uint8)
-    return ValidCase("png_16bit_gray_transparent", data, Image.fromarray(reference).convert("RGB"))
+    return ValidCase(data, Image.fromarray(reference).convert("RGB"))
 
 
 @_valid("png_16bit_rgb")
@@ -218,13 +216,13 @@ def _png_16bit_rgb(photo: Image.Image) -> ValidCase:
     raw = b"".join(b"\x00" + row.tobytes() for row in rows)
     data = png_file(width, height, 16, 2, zlib.compress(raw, 9))
     reference = Image.fromarray((samples // 257).astype(np.uint8), "RGB")
-    return ValidCase("png_16bit_rgb", data, reference, 1)
+    return ValidCase(data, reference, 1)
 
 
 @_valid("png_palette")
 def _png_palette(photo: Image.Image) -> ValidCase:
     palette = photo.quantize(64)
-    return ValidCase("png_palette", encode(palette, "PNG"), palette.convert("RGB"))
+    return ValidCase(encode(palette, "PNG"), palette.convert("RGB"))
 
 
 @_valid("png_palette_transparency")
@@ -238,14 +236,14 @@ def _png_palette_transparency(photo: Image.Image) -> ValidCase:
     alpha = np.frombuffer(entry_alpha, dtype=np.uint8)
     rgba = np.dstack([colors[indices], alpha[indices]])
     reference = on_white(Image.fromarray(rgba, "RGBA"))
-    return ValidCase("png_palette_transparency", data, reference)
+    return ValidCase(data, reference)
 
 
 @_valid("png_rgba")
 def _png_rgba(photo: Image.Image) -> ValidCase:
     rgba = photo.copy()
     rgba.putalpha(alpha_ramp(photo.size))
-    return ValidCase("png_rgba", encode(rgba, "PNG"), on_white(rgba))
+    return ValidCase(encode(rgba, "PNG"), on_white(rgba))
 
 
 @_valid("png_la")
@@ -253,7 +251,7 @@ def _png_la(photo: Image.Image) -> ValidCase:
     gray = photo.convert("L")
     la = Image.merge("LA", (gray, alpha_ramp(photo.size)))
     rgba = Image.merge("RGBA", (gray, gray, gray, alpha_ramp(photo.size)))
-    return ValidCase("png_la", encode(la, "PNG"), on_white(rgba))
+    return ValidCase(encode(la, "PNG"), on_white(rgba))
 
 
 @_valid("png_1bit")
@@ -261,12 +259,12 @@ def _png_1bit(photo: Image.Image) -> ValidCase:
     bits = photo.convert("1")
     black_or_white = np.where(np.asarray(bits), 255, 0).astype(np.uint8)
     reference = Image.fromarray(black_or_white, "L").convert("RGB")
-    return ValidCase("png_1bit", encode(bits, "PNG"), reference)
+    return ValidCase(encode(bits, "PNG"), reference)
 
 
 @_valid("webp_lossy")
 def _webp_lossy(photo: Image.Image) -> ValidCase:
-    return _lossy("webp_lossy", encode(photo, "WEBP", quality=90), photo, 6)
+    return _lossy(encode(photo, "WEBP", quality=90), photo, 6)
 
 
 @_valid("webp_lossless_rgba")
@@ -274,13 +272,13 @@ def _webp_lossless_rgba(photo: Image.Image) -> ValidCase:
     rgba = photo.copy()
     rgba.putalpha(alpha_ramp(photo.size))
     data = encode(rgba, "WEBP", lossless=True, exact=True)
-    return ValidCase("webp_lossless_rgba", data, on_white(rgba))
+    return ValidCase(data, on_white(rgba))
 
 
 @_valid("gif_static")
 def _gif_static(photo: Image.Image) -> ValidCase:
     palette = photo.quantize(255)
-    return ValidCase("gif_static", encode(palette, "GIF"), palette.convert("RGB"))
+    return ValidCase(encode(palette, "GIF"), palette.convert("RGB"))
 
 
 @_valid("gif_animated")
@@ -291,7 +289,7 @@ def _gif_animated(photo: Image.Image) -> ValidCase:
     data = encode(first, "GIF", save_all=True, append_images=others, duration=100, loop=0)
     with Image.open(io.BytesIO(data)) as image:
         assert image.n_frames == 3, image.n_frames
-    return ValidCase("gif_animated", data, first.convert("RGB"))
+    return ValidCase(data, first.convert("RGB"))
 
 
 @_valid("gif_transparent")
@@ -303,7 +301,7 @@ def _gif_transparent(photo: Image.Image) -> ValidCase:
     data = encode(palette, "GIF", transparency=transparent)
     colors = np.asarray(palette.convert("RGB"))
     reference = np.where((indices == transparent)[..., None], 255, colors).astype(np.uint8)
-    return ValidCase("gif_transparent", data, Image.fromarray(reference))
+    return ValidCase(data, Image.fromarray(reference))
 
 
 @_valid("png_animated")
@@ -313,7 +311,7 @@ def _png_animated(photo: Image.Image) -> ValidCase:
     data = encode(photo, "PNG", save_all=True, append_images=[other], duration=100)
     with Image.open(io.BytesIO(data)) as image:
         assert image.n_frames == 2, image.n_frames
-    return ValidCase("png_animated", data, photo)
+    return ValidCase(data, photo)
 
 
 @_valid("webp_animated")
@@ -323,24 +321,24 @@ def _webp_animated(photo: Image.Image) -> ValidCase:
     data = encode(photo, "WEBP", **params)
     with Image.open(io.BytesIO(data)) as image:
         assert image.n_frames == 2, image.n_frames
-    return ValidCase("webp_animated", data, photo)
+    return ValidCase(data, photo)
 
 
 @_valid("bmp")
 def _bmp(photo: Image.Image) -> ValidCase:
-    return ValidCase("bmp", encode(photo, "BMP"), photo)
+    return ValidCase(encode(photo, "BMP"), photo)
 
 
 @_valid("tiff_deflate")
 def _tiff_deflate(photo: Image.Image) -> ValidCase:
-    return ValidCase("tiff_deflate", encode(photo, "TIFF", compression="tiff_deflate"), photo)
+    return ValidCase(encode(photo, "TIFF", compression="tiff_deflate"), photo)
 
 
 @_valid("tiff_rgba")
 def _tiff_rgba(photo: Image.Image) -> ValidCase:
     rgba = photo.copy()
     rgba.putalpha(alpha_ramp(photo.size))
-    return ValidCase("tiff_rgba", encode(rgba, "TIFF"), on_white(rgba))
+    return ValidCase(encode(rgba, "TIFF"), on_white(rgba))
 
 
 @_valid("tiff_multipage")
@@ -349,7 +347,7 @@ def _tiff_multipage(photo: Image.Image) -> ValidCase:
     data = encode(photo, "TIFF", save_all=True, append_images=[other])
     with Image.open(io.BytesIO(data)) as image:
         assert image.n_frames == 2, image.n_frames
-    return ValidCase("tiff_multipage", data, photo)
+    return ValidCase(data, photo)
 
 
 VALID_NAMES = tuple(_VALID)
@@ -372,44 +370,44 @@ _broken = _registrar(_BROKEN)
 
 @_broken("empty")
 def _empty(photo: Image.Image) -> BrokenCase:
-    return BrokenCase("empty", b"", 400, "EmptyBody", "empty")
+    return BrokenCase(b"", 400, "EmptyBody", "empty")
 
 
 @_broken("plain_text")
 def _plain_text(photo: Image.Image) -> BrokenCase:
     text = b"Hello! This is a text file, not a picture of a cat.\n"
-    return BrokenCase("plain_text", text, 400, "NotAnImage", "not an image")
+    return BrokenCase(text, 400, "NotAnImage", "not an image")
 
 
 @_broken("random_bytes")
 def _random_bytes(photo: Image.Image) -> BrokenCase:
     noise = np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes()
-    return BrokenCase("random_bytes", noise, 400, "NotAnImage", "not an image")
+    return BrokenCase(noise, 400, "NotAnImage", "not an image")
 
 
 @_broken("truncated_jpeg")
 def _truncated_jpeg(photo: Image.Image) -> BrokenCase:
     data = encode(photo, "JPEG", quality=90)
-    return BrokenCase("truncated_jpeg", data[: len(data) // 2], 400, "TruncatedImage", "truncated")
+    return BrokenCase(data[: len(data) // 2], 400, "TruncatedImage", "truncated")
 
 
 @_broken("truncated_jpeg_header")
 def _truncated_jpeg_header(photo: Image.Image) -> BrokenCase:
     data = encode(photo, "JPEG", quality=90)
-    return BrokenCase("truncated_jpeg_header", data[:100], 400, "TruncatedImage", "truncated")
+    return BrokenCase(data[:100], 400, "TruncatedImage", "truncated")
 
 
 @_broken("truncated_png")
 def _truncated_png(photo: Image.Image) -> BrokenCase:
     data = encode(photo, "PNG")
-    return BrokenCase("truncated_png", data[: len(data) // 2], 400, "TruncatedImage", "truncated")
+    return BrokenCase(data[: len(data) // 2], 400, "TruncatedImage", "truncated")
 
 
 @_broken("truncated_png_header")
 def _truncated_png_header(photo: Image.Image) -> BrokenCase:
     """The PNG signature and half of its IHDR chunk."""
     data = encode(photo, "PNG")
-    return BrokenCase("truncated_png_header", data[:20], 400, "TruncatedImage", "png")
+    return BrokenCase(data[:20], 400, "TruncatedImage", "png")
 
 
 @_broken("corrupt_jpeg")
@@ -425,7 +423,7 @@ def _corrupt_jpeg(photo: Image.Image) -> BrokenCase:
         pass
     else:  # pragma: no cover - depends on libjpeg
         raise AssertionError("Pillow decodes the corrupt JPEG: pick another corruption")
-    return BrokenCase("corrupt_jpeg", bytes(data), 400, "CorruptImage", "jpeg")
+    return BrokenCase(bytes(data), 400, "CorruptImage", "jpeg")
 
 
 @_broken("png_bad_crc")
@@ -433,22 +431,22 @@ def _png_bad_crc(photo: Image.Image) -> BrokenCase:
     """A bit flipped in the first IDAT chunk: its CRC no longer matches."""
     data = bytearray(encode(photo, "PNG"))
     data[data.index(b"IDAT") + 40] ^= 0x10
-    return BrokenCase("png_bad_crc", bytes(data), 400, "CorruptImage", "png")
+    return BrokenCase(bytes(data), 400, "CorruptImage", "png")
 
 
 @_broken("ppm")
 def _ppm(photo: Image.Image) -> BrokenCase:
-    return BrokenCase("ppm", encode(photo, "PPM"), 415, "UnsupportedImageFormat", "ppm")
+    return BrokenCase(encode(photo, "PPM"), 415, "UnsupportedImageFormat", "ppm")
 
 
 @_broken("ico")
 def _ico(photo: Image.Image) -> BrokenCase:
-    return BrokenCase("ico", encode(photo, "ICO"), 415, "UnsupportedImageFormat", "ico")
+    return BrokenCase(encode(photo, "ICO"), 415, "UnsupportedImageFormat", "ico")
 
 
 @_broken("tga")
 def _tga(photo: Image.Image) -> BrokenCase:
-    return BrokenCase("tga", encode(photo, "TGA"), 415, "UnsupportedImageFormat", "tga")
+    return BrokenCase(encode(photo, "TGA"), 415, "UnsupportedImageFormat", "tga")
 
 
 #: The decompression bomb's declared size: 900 megapixels, over Pillow's own limit too.
@@ -468,13 +466,13 @@ def black_png(width: int, height: int) -> bytes:
 
 @_broken("bomb_png")
 def _bomb_png(photo: Image.Image) -> BrokenCase:
-    return BrokenCase("bomb_png", black_png(*BOMB_SIZE), 413, "ImageTooLarge", "pixels")
+    return BrokenCase(black_png(*BOMB_SIZE), 413, "ImageTooLarge", "pixels")
 
 
 @_broken("medium_bomb_png")
 def _medium_bomb_png(photo: Image.Image) -> BrokenCase:
     data = black_png(*MEDIUM_BOMB_SIZE)
-    return BrokenCase("medium_bomb_png", data, 413, "ImageTooLarge", "pixels")
+    return BrokenCase(data, 413, "ImageTooLarge", "pixels")
 
 
 @_broken("gif_header_garbage")
@@ -482,7 +480,7 @@ def _gif_header_garbage(photo: Image.Image) -> BrokenCase:
     """A GIF signature and a sane 64x48 screen descriptor, then noise."""
     noise = np.random.default_rng(5).integers(0, 256, 512, dtype=np.uint8).tobytes()
     data = b"GIF89a" + struct.pack("<HH", 64, 48) + noise
-    return BrokenCase("gif_header_garbage", data, 400, "CorruptImage", "gif")
+    return BrokenCase(data, 400, "CorruptImage", "gif")
 
 
 BROKEN_NAMES = tuple(_BROKEN)
