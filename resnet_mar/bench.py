@@ -736,6 +736,18 @@ def shown(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
+def markdown_table(columns: list[str], rows: list[list[Any]]) -> list[str]:
+    """A markdown table's lines. A column title ending in ">" is right-aligned (numbers); the
+    ">" is not shown."""
+    titles = [c.removesuffix(">") for c in columns]
+    rules = ["---:" if c.endswith(">") else "---" for c in columns]
+    return [
+        f"| {' | '.join(titles)} |",
+        f"|{'|'.join(rules)}|",
+        *(f"| {' | '.join(map(str, row))} |" for row in rows),
+    ]
+
+
 def write_report(results: dict[str, Any], out: Path) -> None:
     lines = ["# Benchmark: served ResNets against the in-process limit and the stock setup", ""]
     lines += [
@@ -747,10 +759,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "",
         "## Machine and versions",
         "",
-        "| item | value |",
-        "|---|---|",
     ]
-    lines += [f"| {k} | {v} |" for k, v in {**results["machine"], **results["versions"]}.items()]
+    about = {**results["machine"], **results["versions"]}
+    lines += markdown_table(["item", "value"], [[k, v] for k, v in about.items()])
     settings = results["settings"]
     lines += [
         "",
@@ -764,44 +775,75 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "",
         "## Headline",
         "",
-        "| check | model | measured | target | result |",
-        "|---|---|---:|---|---|",
     ]
-    lines += [
-        f"| {r['check']} | {r['model']} | {shown(r['value'])} | {r['target']} | "
-        f"{'PASS' if r['passed'] else 'FAIL'} |"
-        for r in results["headline"]
-    ]
+    lines += markdown_table(
+        ["check", "model", "measured>", "target", "result"],
+        [
+            [
+                r["check"],
+                r["model"],
+                shown(r["value"]),
+                r["target"],
+                "PASS" if r["passed"] else "FAIL",
+            ]
+            for r in results["headline"]
+        ],
+    )
     lines += ["", *[f"- {note}" for note in notes(results)]]
     lines += ["", "## In-process limit (the served file, all cores, inference only)", ""]
-    header = " | ".join(f"b{b} img/s" for b in BATCH_SIZES)
-    lines += [
-        f"| model | format | input layout | {header} | batch-1 latency ms |",
-        "|---|---|---|" + "---:|" * (len(BATCH_SIZES) + 1),
+    limits = [
+        (name, fmt, limit)
+        for name, model in results["models"].items()
+        for fmt, limit in model["in_process"].items()
     ]
-    for name, model in results["models"].items():
-        for fmt, limit in model["in_process"].items():
-            for layout, speeds in limit["img_per_s"].items():
-                cells = " | ".join(f"{speeds[str(b)]:.1f}" for b in BATCH_SIZES)
-                lines.append(
-                    f"| {name} | {fmt} | {layout} | {cells} | {limit['batch1_ms'][layout]:.1f} |"
-                )
+    lines += markdown_table(
+        [
+            "model",
+            "format",
+            "input layout",
+            *(f"b{b} img/s>" for b in BATCH_SIZES),
+            "batch-1 latency ms>",
+        ],
+        [
+            [
+                name,
+                fmt,
+                layout,
+                *(f"{speeds[str(b)]:.1f}" for b in BATCH_SIZES),
+                f"{limit['batch1_ms'][layout]:.1f}",
+            ]
+            for name, fmt, limit in limits
+            for layout, speeds in limit["img_per_s"].items()
+        ],
+    )
     lines += [
         "",
         "The limit of a file is its best figure above; its batch-1 latency, the best layout's.",
         "",
-        "| model | format | limit img/s | at | batch-1 latency ms | other load (cores) | "
-        "limit again after serving, img/s |",
-        "|---|---|---:|---|---:|---:|---:|",
     ]
-    for name, model in results["models"].items():
-        for fmt, limit in model["in_process"].items():
-            lines.append(
-                f"| {name} | {fmt} | {limit['limit_img_per_s']:.1f} | batch "
-                f"{limit['best_batch']}, {limit['best_layout']} | "
-                f"{limit['batch1_latency_ms']:.1f} | {limit['other_cores']:.2f} | "
-                f"{limit.get('limit_after_img_per_s', float('nan')):.1f} |"
-            )
+    lines += markdown_table(
+        [
+            "model",
+            "format",
+            "limit img/s>",
+            "at",
+            "batch-1 latency ms>",
+            "other load (cores)>",
+            "limit again after serving, img/s>",
+        ],
+        [
+            [
+                name,
+                fmt,
+                f"{limit['limit_img_per_s']:.1f}",
+                f"batch {limit['best_batch']}, {limit['best_layout']}",
+                f"{limit['batch1_latency_ms']:.1f}",
+                f"{limit['other_cores']:.2f}",
+                f"{limit.get('limit_after_img_per_s', float('nan')):.1f}",
+            ]
+            for name, fmt, limit in limits
+        ],
+    )
     lines += [
         "",
         "The limit is measured again at its best batch and layout right after that format's "
@@ -819,20 +861,35 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "cores) images per second; the printed notes give that figure and served / it.",
     ]
     lines += ["", "## Served", ""]
-    lines += [
-        "| model | setup | concurrency | req/s | p50 ms | p90 ms | p99 ms | errors | "
-        "answers in window | other load (cores) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, model in results["models"].items():
-        for label, served in model["served"].items():
-            for p in served["points"]:
-                lat = p["latency_ms"]
-                lines.append(
-                    f"| {name} | {label} | {p['concurrency']} | {p['throughput_rps']:.1f} | "
-                    f"{lat['p50']:.0f} | {lat['p90']:.0f} | {lat['p99']:.0f} | {p['errors']} | "
-                    f"{p['requests']} | {p['other_cores']:.2f} |"
-                )
+    lines += markdown_table(
+        [
+            "model",
+            "setup",
+            "concurrency>",
+            "req/s>",
+            "p50 ms>",
+            "p90 ms>",
+            "p99 ms>",
+            "errors>",
+            "answers in window>",
+            "other load (cores)>",
+        ],
+        [
+            [
+                name,
+                label,
+                p["concurrency"],
+                f"{p['throughput_rps']:.1f}",
+                *(f"{p['latency_ms'][q]:.0f}" for q in ("p50", "p90", "p99")),
+                p["errors"],
+                p["requests"],
+                f"{p['other_cores']:.2f}",
+            ]
+            for name, model in results["models"].items()
+            for label, served in model["served"].items()
+            for p in served["points"]
+        ],
+    )
     lines += [
         "",
         "Setups: `ours-<format>` = our handler and model-config.yaml with the project's "
@@ -844,18 +901,34 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "",
         "## All models busy at once (one server, as `make serve` runs them)",
         "",
-        "| setup | model | clients | req/s | p50 ms | p99 ms | errors | share of its alone req/s "
-        "| other load (cores) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, busy in results["all_busy"].items():
-        for name, m in busy["models"].items():
-            lat = m["latency_ms"]
-            lines.append(
-                f"| {label} | {name} | {m['concurrency']} | {m['throughput_rps']:.1f} | "
-                f"{lat['p50']:.0f} | {lat['p99']:.0f} | {m['errors']} | "
-                f"{m['share_of_alone']:.2f} | {busy['other_cores']:.2f} |"
-            )
+    lines += markdown_table(
+        [
+            "setup",
+            "model",
+            "clients>",
+            "req/s>",
+            "p50 ms>",
+            "p99 ms>",
+            "errors>",
+            "share of its alone req/s>",
+            "other load (cores)>",
+        ],
+        [
+            [
+                label,
+                name,
+                m["concurrency"],
+                f"{m['throughput_rps']:.1f}",
+                *(f"{m['latency_ms'][q]:.0f}" for q in ("p50", "p99")),
+                m["errors"],
+                f"{m['share_of_alone']:.2f}",
+                f"{busy['other_cores']:.2f}",
+            ]
+            for label, busy in results["all_busy"].items()
+            for name, m in busy["models"].items()
+        ],
+    )
     lines += [
         "",
         "Shares add up to about 1 when the models split the machine without loss (the handler's "
@@ -864,21 +937,28 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "",
         "## Large JPEG (our handler, concurrency 1)",
         "",
-        "| model | image | bytes | p50 ms | p99 ms |",
-        "|---|---|---:|---:|---:|",
     ]
-    ratios = []
-    for name, model in results["models"].items():
-        sizes = model["served"].get("ours-torchscript", {}).get("jpeg_size")
-        if not sizes:
-            continue
-        for which in ("small", "large"):
-            s = sizes[which]
-            lines.append(
-                f"| {name} | {s['pixels']} | {s['bytes']} | {s['latency_ms']['p50']:.1f} | "
-                f"{s['latency_ms']['p99']:.1f} |"
-            )
-        ratios.append(f"{name} {sizes['p50_ratio_large_over_small']:.2f}")
+    by_size = {
+        name: sizes
+        for name, model in results["models"].items()
+        if (sizes := model["served"].get("ours-torchscript", {}).get("jpeg_size"))
+    }
+    lines += markdown_table(
+        ["model", "image", "bytes>", "p50 ms>", "p99 ms>"],
+        [
+            [
+                name,
+                sizes[which]["pixels"],
+                sizes[which]["bytes"],
+                *(f"{sizes[which]['latency_ms'][q]:.1f}" for q in ("p50", "p99")),
+            ]
+            for name, sizes in by_size.items()
+            for which in ("small", "large")
+        ],
+    )
+    ratios = [
+        f"{name} {sizes['p50_ratio_large_over_small']:.2f}" for name, sizes in by_size.items()
+    ]
     lines += ["", f"p50 ratio 12 MP / 0.3 MP: {', '.join(ratios)}.", ""]
     lines += ["![throughput and p99 against concurrency](bench.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
