@@ -73,7 +73,7 @@ serve: setup ## archive if needed, start TorchServe with every archive (and GOMP
 	if [ -n "$$missing" ]; then echo "serve: no archive for: $$missing; running make archive"; \
 		$(MAKE) --no-print-directory archive; fi
 	@mkdir -p logs
-	@workerenv=$$($(BIN)/python -m resnet_mar worker-env); \
+	@workerenv=$$($(BIN)/python -m resnet_mar.worker_environment); \
 	echo "env $$workerenv torchserve --start --ncs --model-store $(MODEL_STORE) --models all --ts-config config.properties"; \
 	env $$workerenv torchserve --start --ncs --model-store $(MODEL_STORE) --models all \
 		--ts-config config.properties </dev/null >logs/torchserve.out 2>&1 \

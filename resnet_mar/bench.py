@@ -59,9 +59,9 @@ from PIL import Image
 from resnet_mar.build import BuildRequest, build_model
 from resnet_mar.export import EXPORTERS, JIT_DEPRECATION
 from resnet_mar.load_client import LoadPoint, run_point
-from resnet_mar.serving_settings import WORKER_ENVIRONMENT
 from resnet_mar.torchserve import REPO_ROOT, RunningServer, private_server
 from resnet_mar.weights import STANDARD_IMAGENET, UNTRAINED
+from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
 MODELS = ("resnet18", "resnet50")
 CONCURRENCIES = (1, 4, 16, 64)

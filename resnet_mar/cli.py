@@ -15,7 +15,7 @@ from resnet_mar.architectures import (
 from resnet_mar.build import BuildError, BuildRequest, build_model
 from resnet_mar.labels import LabelMapError, imagenet_categories, write_label_map
 from resnet_mar.parity import ParityError
-from resnet_mar.serving_settings import JPEG_DRAFT_FACTOR, WORKER_ENVIRONMENT
+from resnet_mar.serving_settings import JPEG_DRAFT_FACTOR
 from resnet_mar.torchserve import ServerError
 from resnet_mar.weights import WeightsError
 
@@ -76,10 +76,6 @@ def cmd_wait_ready(args: argparse.Namespace) -> None:
         print(f"  curl -T photo.jpg {endpoints.inference}/predictions/{name}")
 
 
-def cmd_worker_env(args: argparse.Namespace) -> None:
-    print(" ".join(f"{name}={value}" for name, value in WORKER_ENVIRONMENT.items()))
-
-
 def cmd_predict(args: argparse.Namespace) -> None:
     from resnet_mar.client import predict
 
@@ -129,11 +125,6 @@ def parser() -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=float, default=300)
     wait.add_argument("--log", type=Path, default=Path("logs/ts_log.log"))
     wait.set_defaults(func=cmd_wait_ready)
-
-    worker_env = sub.add_parser(
-        "worker-env", help="print the NAME=value settings TorchServe's workers are tuned for"
-    )
-    worker_env.set_defaults(func=cmd_worker_env)
 
     predict = sub.add_parser("predict", help="send images to a served model")
     predict.add_argument("--url", default="http://127.0.0.1:8080")

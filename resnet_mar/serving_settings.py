@@ -25,13 +25,8 @@ Why these defaults (measured on 2 cores with ``make bench``, see README "Benchma
   resnet18's p50 at concurrency 1, and its batches at 16 clients stayed full (118 of 120 held 8;
   TorchServe's millisecond clock could close one early, which 0 ms would do every time);
 * a bounded queue: past it TorchServe answers 503 at once instead of letting latency grow;
-* OpenMP threads that stop spinning soon after a batch (``WORKER_ENVIRONMENT``): torch's GNU
-  OpenMP keeps its idle threads spinning for about 300,000 rounds (several ms) after each
-  parallel region, so the next batch's JPEG decoding shared a core with a spinning thread.
-  With ``GOMP_SPINCOUNT=3000``: 8 photos decoded in 9.3 instead of 13.3-15.2 ms right after
-  a forward pass, the forward pass itself unchanged (resnet18 batch 8: 122-124 vs 123-127 img/s
-  in process; resnet50: 52 vs 49 img/s); served at 16 clients, resnet18 98 and 86 req/s vs 85
-  and 79 without, resnet50 44 and 42 vs 43 and 37 (two runs each, alternated).
+* OpenMP threads that stop spinning soon after a batch: the workers' environment, decided in
+  ``resnet_mar/worker_environment.py`` and recorded here in each archive.
 """
 
 from __future__ import annotations
@@ -41,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resnet_mar.weights import Preprocessing
+from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
 #: Larger batches beyond this add latency without adding throughput on CPU (see above).
 BATCH_SIZE = 8
@@ -53,10 +49,6 @@ MAX_IMAGE_PIXELS = 50_000_000
 #: photo decodes in ~25 instead of ~125 ms, but probabilities move (measured: 5e-5 on untrained
 #: resnet18, 5e-3 on untrained resnet50 for a 1411 px JPEG; top-5 unchanged in both).
 JPEG_DRAFT_FACTOR = 0
-#: Environment of TorchServe's Python workers (set where TorchServe starts, inherited by every
-#: worker; read by OpenMP when torch loads, so a handler cannot set it itself). Each archive
-#: records it too, and its handler warns when the server was started without it.
-WORKER_ENVIRONMENT = {"GOMP_SPINCOUNT": "3000"}
 
 
 @dataclass(frozen=True)

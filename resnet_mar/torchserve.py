@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from resnet_mar.serving_settings import WORKER_ENVIRONMENT
+from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
