@@ -56,6 +56,7 @@ def load_onnx(path: str, threads: int) -> Forward:
     return forward
 
 
+#: One loader per format of ``serving_schema.MODEL_FORMATS`` (a test keeps them equal).
 LOADERS: dict[str, Callable[[str, int], Forward]] = {
     "torchscript": load_torchscript,
     "onnx": load_onnx,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from input_errors import BadInput, bad_request
+from request_options import preview
 
 #: Where an image may be: the raw body first, then the usual multipart field names.
 IMAGE_FIELDS = ("body", "data", "image", "file")
@@ -25,6 +26,14 @@ OPTION_FIELDS = ("topk",)
 OPTION_HEADERS = {"x-topk": "topk"}
 FORM_URLENCODED = "application/x-www-form-urlencoded"
 _BASE64_TEXT = re.compile(rb"^(data:[\w/+.-]+;base64,)?[A-Za-z0-9+/=_\-\s]+$")
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """What one request asks: its images (encoded bytes) and how many classes to answer."""
+
+    images: list[bytes]
+    topk: int
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,7 @@ def extract_payload(request: dict[str, Any], headers: dict[str, str]) -> Payload
     else:
         raise bad_request(
             "MalformedMultipart",
-            f"cannot tell which multipart field holds the image among {sorted(candidates)}; "
+            f"cannot tell which multipart field holds the image among {field_names(candidates)}; "
             f"name it one of {list(IMAGE_FIELDS[1:])}",
         )
     if isinstance(value, dict):
@@ -66,6 +75,14 @@ def extract_payload(request: dict[str, Any], headers: dict[str, str]) -> Payload
             )
         value = value[json_fields[0]]
     return Payload(image=image_bytes(value), options=options)
+
+
+def field_names(names: list[str], limit: int = 10) -> str:
+    """Field names for a message or a log line, at most ``limit`` of them, each cut short: a
+    body of 20,000 fields must not become a 189 KB answer."""
+    shown = ", ".join(preview(str(name), 40) for name in sorted(names)[:limit])
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"[{shown}{more}]"
 
 
 def _form_body(request: dict[str, Any], fields: list[str]) -> bytes:

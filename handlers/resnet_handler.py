@@ -1,16 +1,20 @@
 """TorchServe handler for torchvision image classifiers archived by this toolkit.
 
 Runs inside TorchServe, so it imports only torch, torchvision, Pillow, TorchServe and its sibling
-files packed into the same archive. Everything model-specific (preprocessing, top-k, threads,
-limits) comes from the ``handler:`` section of the archive's ``model-config.yaml``.
+files packed into the same archive. Everything model-specific comes from the archive's
+``model-config.yaml``, read through ``serving_schema.py``.
 
-Lifecycle, one short stage each (each testable without a server):
-    decode_request   one TorchServe request -> (resized and cropped pixels, top-k) or BadInput
-    model_input      the good requests' pixels -> one normalised float batch, in one pass
-    inference        that batch -> probabilities, in one forward pass
-    encode_response  one probability row -> {"label": probability, ...}, best first
-``handle`` ties them together; a bad request gets its own 4xx inside a successful batch
-(``context.set_response_status``), so it never fails the requests batched with it.
+Stages, each a function of its input that runs without a server:
+    read_request    one TorchServe request -> its image bytes and validated options
+    decode_image    image bytes -> the resized, centre-cropped uint8 pixels (or a BadInput)
+    model_input     the crops of a batch -> one normalised float batch
+    classify        that batch -> probabilities, in one forward pass
+    encode_answer   one probability row -> {"label": probability, ...}, best first
+``handle`` ties them together for a TorchServe batch. Everything done for one request runs
+under a guard: whatever goes wrong there becomes that request's own 4xx (set with
+``context.set_response_status``), never the 503 TorchServe gives a whole batch whose handler
+raised. TorchServe takes the one class this module defines as its entry point, so every other
+type lives in a sibling module.
 """
 
 from __future__ import annotations
@@ -18,35 +22,48 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from compute_gate import ComputeGate
-from handler_settings import HandlerSettings, environment_advice
+from cpu_budget import usable_cpus
 from image_decoding import decode_rgb
-from input_errors import BadInput, bad_request
+from input_errors import BadInput
 from model_runtimes import load_model
-from PIL import Image
-from request_payload import extract_payload
-from torchvision.transforms import functional as F
+from request_options import parse_topk
+from request_payload import ParsedRequest, extract_payload, field_names
+from resize_crop import resized_center_crop
+from serving_schema import AUTO, HandlerSettings, ModelConfig
 
 logger = logging.getLogger(__name__)
 
-#: A decoded request: its crop (uint8, RGB x height x width) and top-k, or the error to answer
-#: it with.
-Decoded = tuple[torch.Tensor, int] | BadInput
+T = TypeVar("T")
 
 
-def crop_pixels(image: Image.Image, settings: HandlerSettings) -> torch.Tensor:
-    """The geometric half of torchvision's ``ImageClassification`` (resize, centre crop) as a
-    uint8 view of Pillow's pixels. It runs on the decoding threads, so it does no arithmetic in
-    torch: a torch op there would start a second OpenMP team per thread, competing with the
-    model's for the cores."""
-    image = F.resize(
-        image, [settings.resize_size], interpolation=settings.interpolation, antialias=True
+def read_request(
+    request: dict[str, Any], headers: dict[str, str], settings: HandlerSettings, num_classes: int
+) -> ParsedRequest:
+    """One request (and its lower-cased HTTP headers) -> what it asks; raises BadInput."""
+    payload = extract_payload(request, headers)
+    topk = parse_topk(payload.options.get("topk", settings.topk), num_classes)
+    return ParsedRequest(images=[payload.image], topk=topk)
+
+
+def decode_image(data: bytes, settings: HandlerSettings) -> torch.Tensor:
+    """Encoded bytes -> the crop the model sees, as a 3 x crop x crop uint8 view of the pixels.
+
+    It runs on the decoding threads, so it does no arithmetic in torch: a torch op there would
+    start a second OpenMP team per thread, competing with the model's for the cores."""
+    pre = settings.preprocessing
+    image = decode_rgb(
+        data,
+        max_pixels=settings.max_image_pixels,
+        draft_min_side=settings.jpeg_draft_factor * pre.resize_size,  # 0: full decode
     )
-    return F.pil_to_tensor(F.center_crop(image, [settings.crop_size]))
+    pixels = resized_center_crop(image, pre.resize_size, pre.crop_size, pre.interpolation)
+    return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 def model_input(
@@ -56,53 +73,28 @@ def model_input(
     the whole batch: the same operations in the same order as the per-image transform, so the
     values are bit-identical to it.
 
-    Pillow's pixels are height x width x RGB, so stacking them in that order and viewing the
-    batch as N x C x H x W gives the channels-last layout without a copy; NCHW costs one copy
-    of the uint8 pixels, before they become floats.
+    The crops are views of height x width x RGB pixels, so stacking them in that order and
+    viewing the batch as N x C x H x W gives the channels-last layout without a copy; NCHW costs
+    one copy of the uint8 pixels, before they become floats.
     """
     pixels = torch.stack([crop.permute(1, 2, 0) for crop in crops]).permute(0, 3, 1, 2)
     if not channels_last:
         pixels = pixels.contiguous()
-    mean = torch.tensor(settings.mean).view(1, -1, 1, 1)
-    std = torch.tensor(settings.std).view(1, -1, 1, 1)
+    mean = torch.tensor(settings.preprocessing.mean).view(1, -1, 1, 1)
+    std = torch.tensor(settings.preprocessing.std).view(1, -1, 1, 1)
     return pixels.float().div_(255).sub_(mean).div_(std)
 
 
-def parse_topk(raw: Any, num_classes: int) -> int:
-    """A positive integer, clamped to the number of classes."""
-    if isinstance(raw, (bytes, bytearray)):
-        raw = raw.decode("utf-8", errors="replace")
-    text = str(raw).strip()
-    if isinstance(raw, bool) or not text.lstrip("+").isdigit() or int(text) < 1:
-        raise bad_request("InvalidOption", f"topk must be a positive integer, got {text[:40]!r}")
-    return min(int(text), num_classes)
-
-
-def decode_request(
-    request: dict[str, Any], headers: dict[str, str], settings: HandlerSettings, num_classes: int
-) -> tuple[torch.Tensor, int]:
-    """One request (and its lower-cased HTTP headers) -> its resized and cropped pixels and its
-    top-k; raises :class:`BadInput`."""
-    payload = extract_payload(request, headers)
-    topk = parse_topk(payload.options.get("topk", settings.topk), num_classes)
-    image = decode_rgb(
-        payload.image,
-        max_pixels=settings.max_image_pixels,
-        draft_min_side=settings.jpeg_draft_factor * settings.resize_size,  # 0: full decode
-    )
-    return crop_pixels(image, settings), topk
-
-
-def encode_response(probabilities: torch.Tensor, topk: int, labels: list[str]) -> dict[str, float]:
+def encode_answer(probabilities: torch.Tensor, topk: int, labels: list[str]) -> dict[str, float]:
     """The stock handler's shape, ``{"label": probability}`` best first.
 
     ImageNet repeats two names ("crane", "maillot"); a repeated label keeps its best score.
     """
     scores, indices = probabilities.topk(topk)
-    response: dict[str, float] = {}
+    answer: dict[str, float] = {}
     for score, index in zip(scores.tolist(), indices.tolist(), strict=True):
-        response.setdefault(labels[index], score)
-    return response
+        answer.setdefault(labels[index], score)
+    return answer
 
 
 def load_labels(model_dir: str) -> list[str]:
@@ -119,6 +111,42 @@ def http_headers(context: Any, idx: int) -> dict[str, str]:
     return {name.lower(): value for name, value in found.items() if isinstance(value, str)}
 
 
+def resolve_threads(settings: HandlerSettings) -> int:
+    """``intra_op_threads``, with "auto" resolved from the CPUs this worker may use."""
+    if settings.intra_op_threads == AUTO:
+        return usable_cpus()
+    return int(settings.intra_op_threads)
+
+
+def environment_advice(expected: Mapping[str, str], environ: Mapping[str, str]) -> str:
+    """What to change in TorchServe's environment to serve as fast as the archive was tuned
+    for, or "" when nothing. A worker cannot set these itself: OpenMP reads them when torch is
+    loaded, before the handler is imported. So the handler says it in the log instead."""
+    missing = " ".join(f"{k}={v}" for k, v in expected.items() if environ.get(k) != v)
+    if not missing:
+        return ""
+    return (
+        f"TorchServe was started without {missing} (handler.worker_environment in the archive's "
+        "model-config.yaml): answers stay the same, but under load they come slower. Start it "
+        f"as `{missing} torchserve --start ...`; `make serve` does."
+    )
+
+
+def guarded(step: Callable[..., T], *args: Any) -> T | BadInput:
+    """``step(*args)``, or the BadInput its request is answered with. An unexpected error is
+    logged with its traceback and still answered as this request's 400: it came from this
+    request's data, and must not fail the others batched with it."""
+    try:
+        return step(*args)
+    except BadInput as err:
+        return err
+    except Exception as err:
+        logger.exception("request could not be processed")
+        return BadInput(
+            400, "InvalidRequest", f"the request could not be processed: {type(err).__name__}"
+        )
+
+
 class ResNetClassifierHandler:
     """TorchServe entry point: ``initialize`` once per worker, ``handle`` once per batch."""
 
@@ -127,92 +155,127 @@ class ResNetClassifierHandler:
 
     def initialize(self, context: Any) -> None:
         model_dir = context.system_properties["model_dir"]
-        self.settings = HandlerSettings.from_config(context.model_yaml_config.get("handler", {}))
+        self.settings = ModelConfig.from_dict(context.model_yaml_config).handler
         advice = environment_advice(self.settings.worker_environment, os.environ)
         if advice:
             logger.warning(advice)
+        self.threads = resolve_threads(self.settings)
         serialized = context.manifest["model"]["serializedFile"]
         self.model = load_model(
-            os.path.join(model_dir, serialized),
-            self.settings.model_format,
-            self.settings.intra_op_threads,
+            os.path.join(model_dir, serialized), self.settings.model_format, self.threads
         )
         self.labels = load_labels(model_dir)
-        self._decoders = ThreadPoolExecutor(
-            max_workers=self.settings.intra_op_threads, thread_name_prefix="decode"
-        )
+        self._decoders = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode")
         self._gate = ComputeGate()
         with self._gate:
             self._warm_up()
         self.initialized = True
+        pre = self.settings.preprocessing
         logger.info(
-            "loaded %s: %d classes, %d threads, preprocessing resize %d crop %d",
+            "loaded %s (%s): %d classes, threads=%d, preprocessing resize %d crop %d",
             serialized,
+            self.settings.model_format,
             len(self.labels),
-            self.settings.intra_op_threads,
-            self.settings.resize_size,
-            self.settings.crop_size,
+            self.threads,
+            pre.resize_size,
+            pre.crop_size,
         )
 
     def _warm_up(self) -> None:
         """Run the model before the first request (TorchScript optimises on its first calls),
-        in both input layouts ``handle`` uses, and check that its outputs match the label map."""
-        blank = torch.zeros(3, self.settings.crop_size, self.settings.crop_size, dtype=torch.uint8)
+        in both input layouts ``batch_input`` uses, and check that its outputs match the label
+        map."""
+        crop = self.settings.preprocessing.crop_size
+        blank = torch.zeros(3, crop, crop, dtype=torch.uint8)
         for batch in (1, 2, 4, 1):
-            logits = self.inference(self.batch_input([blank] * batch))
-        if logits.shape[1] != len(self.labels):
+            probabilities = self.classify(self.batch_input([blank] * batch))
+        if probabilities.shape[1] != len(self.labels):
             raise ValueError(
-                f"the model has {logits.shape[1]} outputs but index_to_name.json has "
+                f"the model has {probabilities.shape[1]} outputs but index_to_name.json has "
                 f"{len(self.labels)} labels"
             )
 
-    def preprocess(
-        self, requests: list[dict[str, Any]], headers: list[dict[str, str]]
-    ) -> list[Decoded]:
-        """Decode a batch on as many threads as the model may use: Pillow decodes and resizes
-        without holding the GIL, and these threads run no torch ops (see ``crop_pixels``)."""
-        return list(self._decoders.map(self._decode_one, requests, headers))
-
-    def _decode_one(self, request: dict[str, Any], headers: dict[str, str]) -> Decoded:
-        try:
-            return decode_request(request, headers, self.settings, len(self.labels))
-        except BadInput as err:
-            return err
-
     def batch_input(self, crops: list[torch.Tensor]) -> torch.Tensor:
-        # TorchScript convolutions (oneDNN) compute 25-40% more images/s on channels-last input
-        # from 3 images up (measured on 2 AVX-512 cores, resnet18 and resnet50, batches 3-16;
-        # served at 16 clients: +11% and +20% req/s); below that NCHW is as fast or faster
-        # (resnet50 batch 1: 29 vs 29-36 ms, batch 2: 57 vs 60 ms). Other runtimes get NCHW,
-        # as they were exported.
+        # TorchScript convolutions (oneDNN) compute faster on channels-last input from 3 images
+        # up; below, NCHW is as fast or faster (docs/benchmark/settings.md). Other runtimes get
+        # NCHW, as they were exported.
         channels_last = self.settings.model_format == "torchscript" and len(crops) >= 3
         return model_input(crops, self.settings, channels_last=channels_last)
 
-    def inference(self, batch: torch.Tensor) -> torch.Tensor:
+    def classify(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.model(batch).softmax(dim=1)
 
-    def postprocess(
-        self, decoded: list[Decoded], probabilities: torch.Tensor
-    ) -> list[dict[str, Any]]:
-        rows = iter(probabilities)
-        return [
-            item.body()
-            if isinstance(item, BadInput)
-            else encode_response(next(rows), item[1], self.labels)
-            for item in decoded
-        ]
+    def decode_images(self, images: list[bytes]) -> list[torch.Tensor | BadInput]:
+        """Decode on as many threads as the model may use: Pillow decodes and resizes without
+        holding the GIL, and these threads run no torch ops (see ``decode_image``)."""
+        return list(
+            self._decoders.map(lambda data: guarded(decode_image, data, self.settings), images)
+        )
 
-    def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
-        headers = [http_headers(context, idx) for idx in range(len(data))]
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        parsed = [
+            guarded(self._read, request, http_headers(context, idx))
+            for idx, request in enumerate(data)
+        ]
         with self._gate:  # decoding and the forward pass use all cores: one model at a time
-            decoded = self.preprocess(data, headers)
-            crops = [item[0] for item in decoded if not isinstance(item, BadInput)]
-            probabilities = self.inference(self.batch_input(crops)) if crops else torch.empty(0)
-        for idx, item in enumerate(decoded):
-            context.set_response_content_type(idx, "application/json")
-            if isinstance(item, BadInput):
-                context.set_response_status(item.status, item.kind, idx)
-                fields = {k: type(v).__name__ for k, v in data[idx].items()}
-                logger.info("request %d refused: %d %s %s", idx, item.status, item.message, fields)
-        return self.postprocess(decoded, probabilities)
+            crops = self._decode_requests(parsed)
+            good = [
+                crop
+                for request_crops in crops
+                if isinstance(request_crops, list)
+                for crop in request_crops
+            ]
+            probabilities = self.classify(self.batch_input(good)) if good else torch.empty(0)
+        rows = iter(probabilities)
+        answers = []
+        for idx, (request, request_crops) in enumerate(zip(parsed, crops, strict=True)):
+            outcome = request_crops if isinstance(request_crops, BadInput) else request
+            if isinstance(outcome, ParsedRequest):
+                own_rows = [next(rows) for _ in request_crops]
+                outcome = guarded(self._answer, outcome, own_rows)
+            answers.append(self._respond(idx, outcome, data[idx], context))
+        return answers
+
+    def _read(self, request: dict[str, Any], headers: dict[str, str]) -> ParsedRequest:
+        return read_request(request, headers, self.settings, len(self.labels))
+
+    def _decode_requests(
+        self, parsed: list[ParsedRequest | BadInput]
+    ) -> list[list[torch.Tensor] | BadInput]:
+        """Each good request's crops, or the error of its first image that failed."""
+        images = [
+            image
+            for request in parsed
+            if isinstance(request, ParsedRequest)
+            for image in request.images
+        ]
+        decoded = iter(self.decode_images(images))
+        found: list[list[torch.Tensor] | BadInput] = []
+        for request in parsed:
+            if isinstance(request, BadInput):
+                found.append(request)
+                continue
+            own = [next(decoded) for _ in request.images]
+            failed = next((item for item in own if isinstance(item, BadInput)), None)
+            found.append(failed if failed is not None else own)
+        return found
+
+    def _answer(self, request: ParsedRequest, rows: list[torch.Tensor]) -> dict[str, float]:
+        return encode_answer(rows[0], request.topk, self.labels)
+
+    def _respond(
+        self, idx: int, outcome: dict[str, float] | BadInput, request: dict[str, Any], context: Any
+    ) -> Any:
+        context.set_response_content_type(idx, "application/json")
+        if not isinstance(outcome, BadInput):
+            return outcome
+        context.set_response_status(outcome.status, outcome.kind, idx)
+        logger.info(
+            "request %d refused: %d %s (fields %s)",
+            idx,
+            outcome.status,
+            outcome.message,
+            field_names(list(request)),
+        )
+        return outcome.body()

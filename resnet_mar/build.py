@@ -5,11 +5,12 @@ Layout written under the build folder (``archive.sh`` packs it, nothing else):
     build/<name>.pt                      the compiled model (``.onnx`` for FORMAT=onnx, ...)
     build/<name>.json                    provenance: weights, preprocessing, parity, versions
     build/<name>/index_to_name.json      the label map shipped in the archive
-    build/<name>/model-config.yaml       serving settings + preprocessing for TorchServe/handler
+    build/<name>/model-config.yaml       serving settings (schema: handlers/serving_schema.py)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 from dataclasses import dataclass
@@ -19,13 +20,14 @@ from typing import Any
 import torch
 import torchvision
 import yaml
+from serving_schema import HandlerSettings, ModelConfig, Preprocessing, SchemaError
 
 from resnet_mar.architectures import check_architecture
 from resnet_mar.export import EXPORTERS, prepare_for_inference
 from resnet_mar.labels import write_label_map
 from resnet_mar.parity import check_parity, parity_inputs
-from resnet_mar.serving_settings import JPEG_DRAFT_FACTOR, serving_settings
 from resnet_mar.weights import load_weights, sha256_of
+from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,8 @@ class BuildRequest:
     name: str | None = None
     model_format: str = "torchscript"
     seed: int = 0
-    jpeg_draft_factor: int = JPEG_DRAFT_FACTOR
+    #: None: the serving schema's default (full decoding).
+    jpeg_draft_factor: int | None = None
 
     @property
     def model_name(self) -> str:
@@ -56,19 +59,34 @@ class BuildError(ValueError):
     """Raised for a build request that cannot be honoured (bad format, bad name)."""
 
 
+def model_config(request: BuildRequest, preprocessing: Preprocessing) -> ModelConfig:
+    """The archive's serving settings: the schema's defaults, plus what this build decides."""
+    extra = {}
+    if request.jpeg_draft_factor is not None:
+        extra["jpeg_draft_factor"] = request.jpeg_draft_factor
+    try:
+        handler = HandlerSettings(
+            architecture=request.architecture,
+            model_format=request.model_format,
+            preprocessing=preprocessing,
+            worker_environment=dict(WORKER_ENVIRONMENT),
+            **extra,
+        )
+    except SchemaError as err:
+        raise BuildError(str(err)) from None
+    return ModelConfig(handler=handler)
+
+
 def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:
     """Load weights, compile, check parity, and write the archive inputs for one model."""
     arch = check_architecture(request.architecture)
     if request.model_format not in EXPORTERS:
         raise BuildError(f"unknown FORMAT {request.model_format!r}; valid: {', '.join(EXPORTERS)}")
-    if request.jpeg_draft_factor < 0:
-        raise BuildError(
-            f"JPEG_DRAFT must be 0 (off) or a factor >= 1, not {request.jpeg_draft_factor}"
-        )
     name = request.model_name
     if not name.replace("_", "").replace("-", "").isalnum():
         raise BuildError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
     loaded = load_weights(arch, request.weights, labels=request.labels, seed=request.seed)
+    config = model_config(request, loaded.preprocessing)  # a bad setting stops the build here
     eager = prepare_for_inference(loaded.model)
 
     suffix, exporter = EXPORTERS[request.model_format]
@@ -79,14 +97,8 @@ def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:
 
     archive_dir = out_dir / name
     write_label_map(loaded.categories, archive_dir / "index_to_name.json")
-    settings = serving_settings(
-        arch,
-        loaded.preprocessing,
-        model_format=request.model_format,
-        jpeg_draft_factor=request.jpeg_draft_factor,
-    )
     (archive_dir / "model-config.yaml").write_text(
-        yaml.safe_dump(settings.model_config(), sort_keys=False)
+        yaml.safe_dump(config.to_dict(), sort_keys=False)
     )
 
     provenance = {
@@ -95,7 +107,7 @@ def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:
         "format": request.model_format,
         "weights": {"requested": request.weights, **loaded.provenance},
         "num_classes": len(loaded.categories),
-        "preprocessing": loaded.preprocessing.as_dict(),
+        "preprocessing": dataclasses.asdict(loaded.preprocessing),
         "parity": parity.as_dict(),
         "model_file": model_file.name,
         "sha256": sha256_of(model_file),

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from serving_schema import SchemaError
+
 from resnet_mar.architectures import (
     SUPPORTED_ARCHITECTURES,
     UnknownArchitectureError,
@@ -15,7 +17,6 @@ from resnet_mar.architectures import (
 from resnet_mar.build import BuildError, BuildRequest, build_model
 from resnet_mar.labels import LabelMapError, imagenet_categories, write_label_map
 from resnet_mar.parity import ParityError
-from resnet_mar.serving_settings import JPEG_DRAFT_FACTOR
 from resnet_mar.torchserve import ServerError
 from resnet_mar.weights import WeightsError
 
@@ -26,6 +27,7 @@ USER_ERRORS = (
     ParityError,
     BuildError,
     ServerError,
+    SchemaError,
 )
 
 
@@ -107,10 +109,9 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--jpeg-draft",
         type=int,
-        default=JPEG_DRAFT_FACTOR,
         metavar="FACTOR",
-        help="0: decode JPEGs fully (exact answers); 2: reduced-scale decoding "
-        "of JPEGs over 2 x 2 x resize_size (faster, answers move slightly)",
+        help="0 (the schema's default): decode JPEGs fully (exact answers); 2: reduced-scale "
+        "decoding of JPEGs over 2 x 2 x resize_size (faster, answers move slightly)",
     )
     build.add_argument("--out", type=Path, default=Path("build"))
     build.set_defaults(func=cmd_build)

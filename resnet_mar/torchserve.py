@@ -104,11 +104,29 @@ def wait_until_ready(
             statuses = {}
         if all(statuses.get(m) and set(statuses[m]) == {"READY"} for m in expected):
             return statuses
+        failed = load_failures(log_file, expected)
+        if failed:  # TorchServe retries for ever; the first failure already says why
+            raise ServerError(
+                f"loading {', '.join(failed)} failed{log_tail(model_log(log_file), 60)}"
+            )
         time.sleep(0.5)
     raise ServerError(
         f"models not READY after {timeout_s:.0f}s: expected {expected}, saw {statuses}"
         f"{log_tail(log_file)}"
     )
+
+
+def load_failures(log_file: Path | None, expected: list[str]) -> list[str]:
+    """Models whose worker failed to load, as TorchServe's log says."""
+    if log_file is None or not log_file.exists():
+        return []
+    text = log_file.read_text(errors="replace")
+    return [name for name in expected if f"Load model failed: {name}," in text]
+
+
+def model_log(log_file: Path | None) -> Path | None:
+    """The workers' own log next to TorchServe's (where a handler's traceback is)."""
+    return None if log_file is None else log_file.with_name("model_log.log")
 
 
 def log_tail(log_file: Path | None, lines: int = 40) -> str:

@@ -14,13 +14,13 @@ Untrained weights and checkpoints use torchvision's standard ImageNet preprocess
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from serving_schema import Preprocessing
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
@@ -34,43 +34,29 @@ class WeightsError(ValueError):
     """Raised when the requested weights cannot be loaded; the message says what to do."""
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """The input pipeline a weights entry was trained with (an ``ImageClassification``)."""
-
-    resize_size: int
-    crop_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str
-
-    @classmethod
-    def from_transforms(cls, transforms: ImageClassification) -> Preprocessing:
-        return cls(
-            resize_size=int(transforms.resize_size[0]),
-            crop_size=int(transforms.crop_size[0]),
-            mean=tuple(float(m) for m in transforms.mean),
-            std=tuple(float(s) for s in transforms.std),
-            interpolation=InterpolationMode(transforms.interpolation).value,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
-
-    def to_transforms(self) -> ImageClassification:
-        """The torchvision transform this description stands for (the in-process reference)."""
-        return ImageClassification(
-            crop_size=self.crop_size,
-            resize_size=self.resize_size,
-            mean=self.mean,
-            std=self.std,
-            interpolation=InterpolationMode(self.interpolation),
-        )
+def preprocessing_of(transforms: ImageClassification) -> Preprocessing:
+    """The serving schema's description of a weights entry's ``transforms()``."""
+    return Preprocessing(
+        resize_size=int(transforms.resize_size[0]),
+        crop_size=int(transforms.crop_size[0]),
+        mean=tuple(float(m) for m in transforms.mean),
+        std=tuple(float(s) for s in transforms.std),
+        interpolation=InterpolationMode(transforms.interpolation).value,
+    )
 
 
-STANDARD_IMAGENET = Preprocessing.from_transforms(ImageClassification(crop_size=224))
+def reference_transforms(preprocessing: Preprocessing) -> ImageClassification:
+    """The torchvision transform a description stands for (the in-process reference)."""
+    return ImageClassification(
+        crop_size=preprocessing.crop_size,
+        resize_size=preprocessing.resize_size,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+        interpolation=InterpolationMode(preprocessing.interpolation),
+    )
+
+
+STANDARD_IMAGENET = preprocessing_of(ImageClassification(crop_size=224))
 
 
 @dataclass
@@ -131,7 +117,7 @@ def _torchvision_entry(arch: str, spec: str) -> LoadedWeights:
     return LoadedWeights(
         model=model,
         categories=list(entry.meta["categories"]),
-        preprocessing=Preprocessing.from_transforms(entry.transforms()),
+        preprocessing=preprocessing_of(entry.transforms()),
         provenance={
             "source": "torchvision",
             "trained": True,

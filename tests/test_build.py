@@ -4,7 +4,6 @@ writes for archive.sh."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +14,10 @@ import yaml
 
 from resnet_mar.build import BuildError, BuildRequest, build_model
 from resnet_mar.parity import ParityError, check_parity, parity_inputs
-from resnet_mar.serving_settings import WORKER_ENVIRONMENT
+from resnet_mar.torchserve import REPO_ROOT
 from resnet_mar.weights import load_weights, sha256_of
-from tests.conftest import CUSTOM_LABELS, REPO_ROOT
+from resnet_mar.worker_environment import WORKER_ENVIRONMENT
+from tests.served_models import CUSTOM_LABELS
 
 
 def test_build_writes_model_labels_config_and_provenance(build_dir: Path) -> None:
@@ -36,9 +36,9 @@ def test_build_writes_model_labels_config_and_provenance(build_dir: Path) -> Non
     config = yaml.safe_load((build_dir / "resnet18" / "model-config.yaml").read_text())
     assert config["batchSize"] >= 4 and config["minWorkers"] == config["maxWorkers"] == 1
     assert config["handler"]["preprocessing"]["crop_size"] == 224
-    assert config["handler"]["format"] == "torchscript"
-    # Each model may use every core; the handler's compute gate makes models take turns.
-    assert config["handler"]["intra_op_threads"] == os.cpu_count()
+    assert config["handler"]["model_format"] == "torchscript"
+    # Threads are resolved where the model is served, never baked in from the build machine.
+    assert config["handler"]["intra_op_threads"] == "auto"
     # What the server's workers are tuned for travels with the model (the handler checks it).
     assert config["handler"]["worker_environment"] == WORKER_ENVIRONMENT
 
@@ -79,7 +79,7 @@ def test_parity_check_stops_a_model_that_disagrees() -> None:
 def test_bad_requests_stop_the_build(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="unknown FORMAT"):
         build_model(BuildRequest("resnet18", weights="none", model_format="pickle"), tmp_path)
-    with pytest.raises(BuildError, match="JPEG_DRAFT must be 0"):
+    with pytest.raises(BuildError, match="jpeg_draft_factor must be >= 0"):
         build_model(BuildRequest("resnet18", weights="none", jpeg_draft_factor=-1), tmp_path)
     with pytest.raises(BuildError, match="may hold only"):
         build_model(BuildRequest("resnet18", weights="none", name="../evil"), tmp_path)

@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 from compute_gate import ComputeGate, gate_path
 
-from tests.conftest import HANDLERS
-
 #: Another worker: tries the gate file without waiting and prints whether it got it.
 TRY_GATE = """
 import fcntl, os, sys
@@ -27,9 +25,8 @@ except BlockingIOError:
 """
 
 #: A worker that takes the gate, says so, and waits to be killed while holding it.
-HOLD_GATE = f"""
+HOLD_GATE = """
 import sys, time
-sys.path.insert(0, {str(HANDLERS)!r})
 from compute_gate import ComputeGate
 with ComputeGate(sys.argv[1]):
     print("holding", flush=True)

@@ -21,8 +21,8 @@ from input_errors import BadInput
 from PIL import Image
 from request_payload import extract_payload
 
-from tests.conftest import PHOTOS
 from tests.odd_images import VALID_NAMES, valid_images
+from tests.photos import PHOTOS
 
 # Pillow warns about the corrupt metadata it skips: expected here.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")

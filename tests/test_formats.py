@@ -46,7 +46,7 @@ def test_build_records_parity_and_format(built: BuildResult) -> None:
     assert parity["batch_sizes"] == [1, 3, 8]
     assert 0 <= parity["max_abs_diff"] <= parity["tolerance"]
     config = yaml.safe_load((built.archive_dir / "model-config.yaml").read_text())
-    assert config["handler"]["format"] == model_format
+    assert config["handler"]["model_format"] == model_format
 
 
 def test_handler_runtime_gives_the_eager_logits(built: BuildResult, eager: torch.nn.Module) -> None:
@@ -67,13 +67,13 @@ def test_handler_runtime_gives_the_eager_logits(built: BuildResult, eager: torch
 def test_handler_serves_every_format(
     built: BuildResult, eager: torch.nn.Module, tmp_path: Path
 ) -> None:
-    """``initialize`` picks the runtime from model-config.yaml; ``inference`` gives softmax."""
+    """``initialize`` picks the runtime from model-config.yaml; ``classify`` gives softmax."""
     for member in (built.model_file, *built.archive_dir.iterdir()):
         shutil.copy(member, tmp_path / member.name)
     handler = ResNetClassifierHandler()
     handler.initialize(FakeContext(tmp_path, built.model_file.name))
     batch = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(7))
-    probabilities = handler.inference(batch)
+    probabilities = handler.classify(batch)
     with torch.inference_mode():
         expected = eager(batch).softmax(dim=1)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))

@@ -9,26 +9,41 @@ from pathlib import Path
 
 import pytest
 import torch
-from handler_settings import HandlerSettings, environment_advice
 from input_errors import BadInput
 from PIL import Image
+from request_options import parse_topk
 from resnet_handler import (
     ResNetClassifierHandler,
-    crop_pixels,
-    decode_request,
-    encode_response,
+    decode_image,
+    encode_answer,
+    environment_advice,
     model_input,
-    parse_topk,
+    read_request,
 )
+from serving_schema import HandlerSettings, Preprocessing
 from torchvision.models import ResNet50_Weights
 
-from resnet_mar.weights import STANDARD_IMAGENET, Preprocessing
+from resnet_mar.weights import STANDARD_IMAGENET, preprocessing_of, reference_transforms
+from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 from tests.fake_context import FakeContext, unpacked_model_dir
 from tests.reference import assert_same_answer, load_archive_reference, reference_answer
 
 
 def settings_for(preprocessing: Preprocessing, **extra) -> HandlerSettings:
-    return HandlerSettings.from_config({"preprocessing": preprocessing.as_dict(), **extra})
+    return HandlerSettings(
+        architecture="resnet18",
+        model_format="torchscript",
+        preprocessing=preprocessing,
+        worker_environment=dict(WORKER_ENVIRONMENT),
+        **extra,
+    )
+
+
+def crop_of(request: dict, headers: dict, settings: HandlerSettings) -> tuple[torch.Tensor, int]:
+    """What the handler makes of a one-image request: the crop and the top-k."""
+    parsed = read_request(request, headers, settings, num_classes=1000)
+    (image,) = parsed.images
+    return decode_image(image, settings), parsed.topk
 
 
 @pytest.mark.parametrize(
@@ -38,10 +53,10 @@ def settings_for(preprocessing: Preprocessing, **extra) -> HandlerSettings:
 )
 def test_preprocessing_equals_the_weights_entry_transforms(photos, weights_transforms) -> None:
     """Bit for bit, image by image and as one batch, in both memory layouts."""
-    settings = settings_for(Preprocessing.from_transforms(weights_transforms))
+    settings = settings_for(preprocessing_of(weights_transforms))
     pictures = [Image.open(path).convert("RGB") for path in photos.values()]
     expected = torch.stack([weights_transforms(picture) for picture in pictures])
-    crops = [crop_pixels(picture, settings) for picture in pictures]
+    crops = [decode_image(path.read_bytes(), settings) for path in photos.values()]
     for channels_last in (False, True):
         batch = model_input(crops, settings, channels_last=channels_last)
         assert batch.is_contiguous(
@@ -55,7 +70,7 @@ def test_preprocessing_equals_the_weights_entry_transforms(photos, weights_trans
 def test_decode_request_from_raw_multipart_base64_and_json(photo_bytes) -> None:
     settings = settings_for(STANDARD_IMAGENET)
     jpeg = photo_bytes["rocket"]
-    expected = STANDARD_IMAGENET.to_transforms()(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    expected = reference_transforms(STANDARD_IMAGENET)(Image.open(io.BytesIO(jpeg)).convert("RGB"))
     encoded = base64.b64encode(jpeg).decode()
     forms = [  # (request as TorchServe hands it over, lower-cased headers, expected top-k)
         ({"body": jpeg}, {}, 5),
@@ -67,7 +82,7 @@ def test_decode_request_from_raw_multipart_base64_and_json(photo_bytes) -> None:
         ({"body": jpeg}, {"x-topk": "4"}, 4),
     ]
     for request, headers, expected_topk in forms:
-        crop, topk = decode_request(request, headers, settings, num_classes=1000)
+        crop, topk = crop_of(request, headers, settings)
         assert torch.equal(model_input([crop], settings)[0], expected), (request.keys(), headers)
         assert topk == expected_topk, (request.keys(), headers)
 
@@ -76,36 +91,42 @@ def test_large_jpegs_are_decoded_exactly_by_default_and_cheaply_on_request(photo
     big = io.BytesIO()
     Image.open(photos["chelsea"]).convert("RGB").resize((1600, 1200)).save(big, "JPEG", quality=90)
     request = {"body": big.getvalue()}
-    reference = STANDARD_IMAGENET.to_transforms()(Image.open(big).convert("RGB"))
+    reference = reference_transforms(STANDARD_IMAGENET)(Image.open(big).convert("RGB"))
     settings = settings_for(STANDARD_IMAGENET)
-    exact = model_input([decode_request(request, {}, settings, 1000)[0]], settings)[0]
+    exact = model_input([crop_of(request, {}, settings)[0]], settings)[0]
     assert torch.equal(exact, reference)
-    drafted_crop, _ = decode_request(
-        request, {}, settings_for(STANDARD_IMAGENET, jpeg_draft_factor=2), 1000
-    )
+    drafted_crop, _ = crop_of(request, {}, settings_for(STANDARD_IMAGENET, jpeg_draft_factor=2))
     drafted = model_input([drafted_crop], settings)[0]
     assert not torch.equal(drafted, reference)  # decoded from 800x600, not 1600x1200
     assert (drafted - reference).abs().mean() < 0.05
 
 
 @pytest.mark.parametrize(
-    ("raw", "expected"), [("3", 3), (b"7", 7), (5, 5), ("+2", 2), ("5000", 1000)]
+    ("raw", "expected"),
+    [("3", 3), (b"7", 7), (5, 5), ("+2", 2), ("5000", 1000), (" 4 ", 4), ("999999", 1000)],
 )
 def test_topk_is_validated_and_clamped(raw, expected: int) -> None:
     assert parse_topk(raw, num_classes=1000) == expected
 
 
-@pytest.mark.parametrize("raw", ["0", "-1", "abc", "2.5", "", True])
-def test_bad_topk_is_a_400(raw) -> None:
+@pytest.mark.parametrize(
+    "raw",
+    ["0", "-1", "abc", "2.5", "", True, 2.0, None, [3], "³", "①", "٣", "1" * 5000, "1234567",
+     b"\xff", "0x10", "1_000"],
+)  # fmt: skip
+def test_bad_topk_is_a_400_with_a_short_message(raw) -> None:
+    """Only ASCII digits: "³" and "①" pass str.isdigit and then fail int(); 5,000 digits fail
+    int() too. Each must be this request's 400, with the value cut short in the message."""
     with pytest.raises(BadInput) as err:
         parse_topk(raw, num_classes=1000)
     assert err.value.status == 400 and err.value.kind == "InvalidOption"
+    assert len(err.value.message) < 200
 
 
-def test_encode_response_is_the_stock_shape_best_first() -> None:
+def test_encode_answer_is_the_stock_shape_best_first() -> None:
     labels = ["a", "crane", "b", "crane", "c"]
     probabilities = torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15])
-    answer = encode_response(probabilities, 4, labels)
+    answer = encode_answer(probabilities, 4, labels)
     # A repeated ImageNet name ("crane") keeps its best score and its rank.
     assert answer == {
         "crane": pytest.approx(0.4),
@@ -113,7 +134,7 @@ def test_encode_response_is_the_stock_shape_best_first() -> None:
         "b": pytest.approx(0.1),
     }
     assert list(answer) == ["crane", "c", "b"]
-    assert list(encode_response(probabilities, 1, labels)) == ["crane"]
+    assert list(encode_answer(probabilities, 1, labels)) == ["crane"]
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +175,57 @@ def test_one_bad_request_does_not_fail_its_batch(
         assert_same_answer(answers[idx], reference_answer(model, labels, photo_bytes[name], topk))
 
 
-def test_a_batch_of_only_bad_requests_never_runs_the_model(handler_and_context) -> None:
+def test_a_batch_of_only_bad_requests_never_runs_the_model(
+    handler_and_context, monkeypatch
+) -> None:
     handler, context = handler_and_context
+    calls, original = [], handler.model
+    monkeypatch.setattr(handler, "model", lambda batch: calls.append(batch) or original(batch))
     context.headers, context.statuses = [{}, {}], {}
     answers = handler.handle([{"body": b"x"}, {}], context)
     assert [a["code"] for a in answers] == [400, 400]
     assert json.dumps(answers)  # the worker can serialize every answer
+    assert calls == []
+
+
+def test_poisoned_options_fail_only_their_own_request(
+    handler_and_context, build_dir, photo_bytes
+) -> None:
+    """A top-k of 5,000 digits or of "³" used to raise outside the request's own error path and
+    fail its whole batch (503 for every request in it)."""
+    handler, context = handler_and_context
+    model = torch.jit.load(str(build_dir / "resnet18.pt")).eval()
+    labels = json.loads((build_dir / "resnet18" / "index_to_name.json").read_text())
+    photo = photo_bytes["rocket"]
+    batch = [{"body": photo}, {"body": photo}, {"data": photo, "topk": "①"}, {"body": photo}]
+    batch += [{"body": {"data": base64.b64encode(photo).decode(), "topk": "³"}}]
+    context.headers = [{}, {"X-TopK": "9" * 5000}, {}, {"X-TopK": "2"}, {}]
+    context.statuses = {}
+    answers = handler.handle(batch, context)
+    assert sorted(context.statuses) == [1, 2, 4]
+    assert {answers[i]["type"] for i in (1, 2, 4)} == {"InvalidOption"}
+    assert_same_answer(answers[0], reference_answer(model, labels, photo))
+    assert_same_answer(answers[3], reference_answer(model, labels, photo, topk=2))
+
+
+def test_an_unexpected_error_in_one_request_is_its_own_400(
+    handler_and_context, photo_bytes, monkeypatch
+) -> None:
+    """Whatever raises while one request is read, decoded or answered stays that request's."""
+    handler, context = handler_and_context
+    real_read = handler._read
+
+    def read(request, headers):
+        if "boom" in request:
+            raise RuntimeError("a bug reached by this request's data")
+        return real_read(request, headers)
+
+    monkeypatch.setattr(handler, "_read", read)
+    context.headers, context.statuses = [{}, {}], {}
+    answers = handler.handle([{"boom": b"1"}, {"body": photo_bytes["coffee"]}], context)
+    assert context.statuses == {0: (400, "InvalidRequest")}
+    assert "RuntimeError" in answers[0]["message"]
+    assert set(context.statuses) == {0} and len(answers[1]) == 5
 
 
 def test_handler_refuses_a_label_map_that_does_not_fit_the_model(build_dir, tmp_path) -> None:
@@ -169,21 +235,14 @@ def test_handler_refuses_a_label_map_that_does_not_fit_the_model(build_dir, tmp_
         ResNetClassifierHandler().initialize(FakeContext(model_dir, "resnet18.pt"))
 
 
-def test_invalid_handler_config_fails_at_load(build_dir, tmp_path) -> None:
-    with pytest.raises(ValueError, match="'handler' section is invalid"):
-        HandlerSettings.from_config({"preprocessing": {"crop_size": 224}})
-    with pytest.raises(ValueError, match="must be >= 1"):
-        HandlerSettings.from_config({"preprocessing": STANDARD_IMAGENET.as_dict(), "topk": 0})
-
-
 def test_environment_advice_names_what_the_server_lacks() -> None:
-    expected = (("GOMP_SPINCOUNT", "3000"), ("OTHER", "1"))
+    expected = {"GOMP_SPINCOUNT": "3000", "OTHER": "1"}
     assert environment_advice(expected, {"GOMP_SPINCOUNT": "3000", "OTHER": "1"}) == ""
     advice = environment_advice(expected, {"GOMP_SPINCOUNT": "300000", "OTHER": "1"})
     assert "`GOMP_SPINCOUNT=3000 torchserve --start ...`" in advice
     assert "OTHER" not in advice
     assert "GOMP_SPINCOUNT=3000 OTHER=1" in environment_advice(expected, {})
-    assert environment_advice((), {}) == ""
+    assert environment_advice({}, {}) == ""
 
 
 def test_handler_logs_the_worker_environment_it_lacks(
@@ -214,3 +273,14 @@ def test_archive_reference_helper_reads_the_same_model(build_dir, photo_bytes) -
     theirs = reference_answer(other, labels, photo_bytes["coffee"])
     with pytest.raises(AssertionError):
         assert_same_answer(ours, theirs)
+
+
+def test_torchserve_finds_the_handler_class_as_its_entry_point() -> None:
+    """TorchServe's own loader takes the one class the handler module defines; a second class
+    there (even a dataclass) stops every worker from loading."""
+    import resnet_handler
+    from ts.model_loader import TsModelLoader
+
+    handle, initialize = TsModelLoader()._get_class_entry_point(resnet_handler)
+    assert isinstance(handle.__self__, ResNetClassifierHandler)
+    assert initialize.__self__ is handle.__self__

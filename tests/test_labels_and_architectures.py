@@ -14,7 +14,7 @@ from resnet_mar.labels import (
     read_label_map,
     write_label_map,
 )
-from tests.conftest import REPO_ROOT
+from resnet_mar.torchserve import REPO_ROOT
 
 
 def test_unknown_architecture_lists_the_valid_ones() -> None:

@@ -16,15 +16,15 @@ import pytest
 import requests
 from PIL import Image
 
-from resnet_mar.serving_settings import WORKER_ENVIRONMENT
-from resnet_mar.torchserve import RunningServer, private_server
-from tests.conftest import CUSTOM_LABELS, PHOTOS, REPO_ROOT
+from resnet_mar.torchserve import REPO_ROOT, RunningServer, private_server
+from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 from tests.odd_images import broken_inputs, valid_images
+from tests.photos import PHOTOS
 from tests.reference import assert_same_answer, load_archive_reference, reference_answer
+from tests.served_models import CUSTOM_LABELS, MODELS
 
 pytestmark = pytest.mark.integration
 
-MODELS = ["resnet18", "resnet50", "flowers"]
 VERSION = "2.1"
 
 

@@ -1,0 +1,31 @@
+"""The models the tests build, archive and serve: untrained resnet18 and resnet50 (WEIGHTS=none,
+seed 0) and ``flowers``, a user's fine-tuned resnet18 checkpoint with its own labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torchvision
+
+from resnet_mar.build import BuildRequest, build_model
+
+#: The fine-tuned model's classes (two of them repeat a name once lower-cased, on purpose).
+CUSTOM_LABELS = ["daisy", "dandelion", "rose", "sunflower", "tulip", "crane", "crane (bird)"]
+MODELS = ["resnet18", "resnet50", "flowers"]
+
+
+def build_served_models(out: Path) -> Path:
+    """Build every model of :data:`MODELS` into ``out`` as ``make script`` builds them."""
+    for arch in ("resnet18", "resnet50"):
+        build_model(BuildRequest(arch, weights="none"), out)
+    torch.manual_seed(5)
+    checkpoint = out / "flowers_state_dict.pt"
+    torch.save(torchvision.models.resnet18(num_classes=len(CUSTOM_LABELS)).state_dict(), checkpoint)
+    labels = out / "flowers_labels.json"
+    labels.write_text(json.dumps({str(i): name for i, name in enumerate(CUSTOM_LABELS)}))
+    build_model(
+        BuildRequest("resnet18", weights=str(checkpoint), labels=labels, name="flowers"), out
+    )
+    return out
