@@ -6,18 +6,32 @@ never fails its batch or its worker.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 
+
+@dataclass
 class BadInput(Exception):
-    """A request the handler refuses; ``body()`` is what the client receives."""
+    """A request the handler refuses; ``body()`` is what a /predictions client receives.
+    (Not frozen: raising an exception sets attributes on it.)
 
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.message = message
+    ``position``: the 0-based index of the image at fault in a request carrying several (KServe
+    v1 instances, Open Inference data), None when the request as a whole is at fault."""
+
+    status: int
+    kind: str
+    message: str
+    position: int | None = None
+
+    def __str__(self) -> str:
+        return self.message
 
     def body(self) -> dict:
         return {"code": self.status, "type": self.kind, "message": self.message}
+
+    def at(self, position: int) -> BadInput:
+        """The same refusal, pinned on the image at ``position``."""
+        return dataclasses.replace(self, position=position)
 
 
 def bad_request(kind: str, message: str) -> BadInput:

@@ -29,14 +29,6 @@ _BASE64_TEXT = re.compile(rb"^(data:[\w/+.-]+;base64,)?[A-Za-z0-9+/=_\-\s]+$")
 
 
 @dataclass(frozen=True)
-class ParsedRequest:
-    """What one request asks: its images (encoded bytes) and how many classes to answer."""
-
-    images: list[bytes]
-    topk: int
-
-
-@dataclass(frozen=True)
 class Payload:
     image: bytes
     options: dict[str, Any]

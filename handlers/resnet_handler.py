@@ -5,11 +5,13 @@ files packed into the same archive. Everything model-specific comes from the arc
 ``model-config.yaml``, read through ``serving_schema.py``.
 
 Stages, each a function of its input that runs without a server:
-    read_request    one TorchServe request -> its image bytes and validated options
+    read_request    one TorchServe request -> its protocol, images and options
+                    (inference_protocols.py: /predictions, KServe v1, Open Inference v2)
     decode_image    image bytes -> the resized, centre-cropped uint8 pixels (or a BadInput)
     model_input     the crops of a batch -> one normalised float batch
-    classify        that batch -> probabilities, in one forward pass
-    encode_answer   one probability row -> {"label": probability, ...}, best first
+    classify        that batch -> probabilities, in one forward pass for every image of every
+                    request in the TorchServe batch
+    encode_answer   each request's probability rows -> its answer, in its protocol's shape
 ``handle`` ties them together for a TorchServe batch. Everything done for one request runs
 under a guard: whatever goes wrong there becomes that request's own 4xx (set with
 ``context.set_response_status``), never the 503 TorchServe gives a whole batch whose handler
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -29,26 +32,26 @@ from typing import Any, TypeVar
 import torch
 from compute_gate import ComputeGate
 from cpu_budget import usable_cpus
+from envelope_bypass import bypass_envelopes
 from image_decoding import decode_rgb
+from inference_protocols import (
+    ModelIdentity,
+    ParsedRequest,
+    encode_answer,
+    error_body,
+    protocol_of,
+    read_request,
+)
 from input_errors import BadInput
 from model_runtimes import load_model
-from request_options import parse_topk
-from request_payload import ParsedRequest, extract_payload, field_names
+from request_metrics import ANSWERED, RequestMetrics
+from request_payload import field_names
 from resize_crop import resized_center_crop
 from serving_schema import AUTO, HandlerSettings, ModelConfig
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-def read_request(
-    request: dict[str, Any], headers: dict[str, str], settings: HandlerSettings, num_classes: int
-) -> ParsedRequest:
-    """One request (and its lower-cased HTTP headers) -> what it asks; raises BadInput."""
-    payload = extract_payload(request, headers)
-    topk = parse_topk(payload.options.get("topk", settings.topk), num_classes)
-    return ParsedRequest(images=[payload.image], topk=topk)
 
 
 def decode_image(data: bytes, settings: HandlerSettings) -> torch.Tensor:
@@ -83,18 +86,6 @@ def model_input(
     mean = torch.tensor(settings.preprocessing.mean).view(1, -1, 1, 1)
     std = torch.tensor(settings.preprocessing.std).view(1, -1, 1, 1)
     return pixels.float().div_(255).sub_(mean).div_(std)
-
-
-def encode_answer(probabilities: torch.Tensor, topk: int, labels: list[str]) -> dict[str, float]:
-    """The stock handler's shape, ``{"label": probability}`` best first.
-
-    ImageNet repeats two names ("crane", "maillot"); a repeated label keeps its best score.
-    """
-    scores, indices = probabilities.topk(topk)
-    answer: dict[str, float] = {}
-    for score, index in zip(scores.tolist(), indices.tolist(), strict=True):
-        answer.setdefault(labels[index], score)
-    return answer
 
 
 def load_labels(model_dir: str) -> list[str]:
@@ -165,10 +156,21 @@ class ResNetClassifierHandler:
             os.path.join(model_dir, serialized), self.settings.model_format, self.threads
         )
         self.labels = load_labels(model_dir)
+        self.identity = ModelIdentity(
+            name=context.model_name, version=str(context.manifest["model"].get("modelVersion", ""))
+        )
+        self.metrics = RequestMetrics(context)
         self._decoders = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode")
         self._gate = ComputeGate()
         with self._gate:
             self._warm_up()
+        bypassed = bypass_envelopes(self)
+        if bypassed:
+            logger.info(
+                "TorchServe's %s envelope passes requests through: this handler answers KServe "
+                "v1 and v2 itself, one answer per request, batching intact",
+                ", ".join(bypassed),
+            )
         self.initialized = True
         pre = self.settings.preprocessing
         logger.info(
@@ -184,7 +186,7 @@ class ResNetClassifierHandler:
     def _warm_up(self) -> None:
         """Run the model before the first request (TorchScript optimises on its first calls),
         in both input layouts ``batch_input`` uses, and check that its outputs match the label
-        map."""
+        map: a model that cannot answer must never become READY."""
         crop = self.settings.preprocessing.crop_size
         blank = torch.zeros(3, crop, crop, dtype=torch.uint8)
         for batch in (1, 2, 4, 1):
@@ -214,36 +216,43 @@ class ResNetClassifierHandler:
         )
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        started = time.perf_counter()
         parsed = [
             guarded(self._read, request, http_headers(context, idx))
             for idx, request in enumerate(data)
         ]
         with self._gate:  # decoding and the forward pass use all cores: one model at a time
             crops = self._decode_requests(parsed)
-            good = [
-                crop
-                for request_crops in crops
-                if isinstance(request_crops, list)
-                for crop in request_crops
-            ]
+            good = [crop for own in crops if isinstance(own, list) for crop in own]
             probabilities = self.classify(self.batch_input(good)) if good else torch.empty(0)
         rows = iter(probabilities)
         answers = []
-        for idx, (request, request_crops) in enumerate(zip(parsed, crops, strict=True)):
-            outcome = request_crops if isinstance(request_crops, BadInput) else request
+        for idx, (request, own) in enumerate(zip(parsed, crops, strict=True)):
+            outcome: Any = own if isinstance(own, BadInput) else request
             if isinstance(outcome, ParsedRequest):
-                own_rows = [next(rows) for _ in request_crops]
-                outcome = guarded(self._answer, outcome, own_rows)
-            answers.append(self._respond(idx, outcome, data[idx], context))
-        return answers
+                own_rows = [next(rows) for _ in own]
+                outcome = guarded(encode_answer, outcome, own_rows, self.labels, self.identity)
+            protocol = request.protocol if isinstance(request, ParsedRequest) else None
+            answers.append(self._respond(idx, outcome, protocol, data[idx], context))
+        elapsed = time.perf_counter() - started
+        for answer in answers:
+            self.metrics.record(answer[1], elapsed)
+        return [answer[0] for answer in answers]
 
     def _read(self, request: dict[str, Any], headers: dict[str, str]) -> ParsedRequest:
-        return read_request(request, headers, self.settings, len(self.labels))
+        return read_request(
+            request,
+            headers,
+            default_topk=self.settings.topk,
+            num_classes=len(self.labels),
+            max_images=self.settings.max_images_per_request,
+        )
 
     def _decode_requests(
         self, parsed: list[ParsedRequest | BadInput]
     ) -> list[list[torch.Tensor] | BadInput]:
-        """Each good request's crops, or the error of its first image that failed."""
+        """Each good request's crops, or the error of its first image that failed (pinned on
+        that image's position)."""
         images = [
             image
             for request in parsed
@@ -257,25 +266,33 @@ class ResNetClassifierHandler:
                 found.append(request)
                 continue
             own = [next(decoded) for _ in request.images]
-            failed = next((item for item in own if isinstance(item, BadInput)), None)
+            failed = next(
+                (item.at(i) for i, item in enumerate(own) if isinstance(item, BadInput)), None
+            )
             found.append(failed if failed is not None else own)
         return found
 
-    def _answer(self, request: ParsedRequest, rows: list[torch.Tensor]) -> dict[str, float]:
-        return encode_answer(rows[0], request.topk, self.labels)
-
     def _respond(
-        self, idx: int, outcome: dict[str, float] | BadInput, request: dict[str, Any], context: Any
-    ) -> Any:
+        self,
+        idx: int,
+        outcome: dict[str, Any] | BadInput,
+        protocol: str | None,
+        request: dict[str, Any],
+        context: Any,
+    ) -> tuple[Any, str]:
+        """The body for request ``idx`` and its outcome for the metrics; sets its status and
+        content type (JSON for errors too: KServe's model server reads an error's message only
+        from a JSON body)."""
         context.set_response_content_type(idx, "application/json")
         if not isinstance(outcome, BadInput):
-            return outcome
+            return outcome, ANSWERED
         context.set_response_status(outcome.status, outcome.kind, idx)
         logger.info(
-            "request %d refused: %d %s (fields %s)",
+            "request %d refused: %d %s %s (fields %s)",
             idx,
             outcome.status,
+            outcome.kind,
             outcome.message,
             field_names(list(request)),
         )
-        return outcome.body()
+        return error_body(protocol or protocol_of(request)[0], outcome), outcome.kind

@@ -72,6 +72,9 @@ class HandlerSettings:
     topk: int = 5
     #: Refused (413) from the header, before decoding: a decompression bomb costs nothing.
     max_image_pixels: int = 50_000_000
+    #: Images one KServe v1 / Open Inference request may carry (413 beyond): all the images of
+    #: a TorchServe batch go through one forward pass, so this bounds what one batch can cost.
+    max_images_per_request: int = 32
     #: 0: decode JPEGs fully (answers equal the in-process reference). N >= 1: a JPEG at least
     #: 2N x resize_size on its shorter side is decoded at reduced scale (faster, answers move).
     jpeg_draft_factor: int = 0
@@ -87,6 +90,7 @@ class HandlerSettings:
             )
         _at_least("handler.topk", self.topk, 1)
         _at_least("handler.max_image_pixels", self.max_image_pixels, 1)
+        _at_least("handler.max_images_per_request", self.max_images_per_request, 1)
         _at_least("handler.jpeg_draft_factor", self.jpeg_draft_factor, 0)
 
 
@@ -106,6 +110,9 @@ class ModelConfig:
     #: Past this many waiting requests TorchServe answers 503 at once instead of queueing.
     job_queue_size: int = field(default=256, metadata={"key": "jobQueueSize"})
     device_type: str = field(default="cpu", metadata={"key": "deviceType"})
+    #: A worker failing to load for longer than this makes TorchServe's /ping answer Unhealthy
+    #: (the readiness signal KServe's probe reads); TorchServe's own default is 5 minutes.
+    max_retry_timeout_s: int = field(default=60, metadata={"key": "maxRetryTimeoutInSec"})
 
     def __post_init__(self) -> None:
         _at_least("minWorkers", self.min_workers, 1)
@@ -116,6 +123,7 @@ class ModelConfig:
         _at_least("startupTimeout", self.startup_timeout_s, 1)
         _at_least("jobQueueSize", self.job_queue_size, 1)
         _one_of("deviceType", self.device_type, ("cpu",))
+        _at_least("maxRetryTimeoutInSec", self.max_retry_timeout_s, 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready data: TorchServe's keys first, then ``handler``."""

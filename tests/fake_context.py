@@ -10,10 +10,29 @@ from typing import Any
 import yaml
 
 
+class FakeMetrics:
+    """Records what the handler reports through TorchServe's metrics API."""
+
+    def __init__(self) -> None:
+        self.counters: list[tuple[str, float, dict[str, str]]] = []
+        self.histograms: list[tuple[str, float, dict[str, str]]] = []
+
+    def add_counter(self, name: str, value: float, idx: Any, dimensions: list) -> None:
+        self.counters.append((name, value, {d.name: d.value for d in dimensions}))
+
+    def add_metric(
+        self, name: str, value: float, unit: str, idx: Any, dimensions: list, metric_type: Any
+    ) -> None:
+        assert metric_type.name == "HISTOGRAM", metric_type
+        self.histograms.append((name, value, {d.name: d.value for d in dimensions}))
+
+
 class FakeContext:
-    def __init__(self, model_dir: Path, serialized_file: str) -> None:
+    def __init__(self, model_dir: Path, serialized_file: str, model_name: str = "") -> None:
+        self.model_name = model_name or Path(serialized_file).stem
         self.system_properties = {"model_dir": str(model_dir)}
-        self.manifest = {"model": {"serializedFile": serialized_file}}
+        self.manifest = {"model": {"serializedFile": serialized_file, "modelVersion": "1.0"}}
+        self.metrics = FakeMetrics()
         self.model_yaml_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
         self.headers: list[dict[str, Any]] = []
         self.statuses: dict[int, tuple[int, str]] = {}

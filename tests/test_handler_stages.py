@@ -9,17 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from inference_protocols import label_scores, read_request
 from input_errors import BadInput
 from PIL import Image
 from request_options import parse_topk
-from resnet_handler import (
-    ResNetClassifierHandler,
-    decode_image,
-    encode_answer,
-    environment_advice,
-    model_input,
-    read_request,
-)
+from resnet_handler import ResNetClassifierHandler, decode_image, environment_advice, model_input
 from serving_schema import HandlerSettings, Preprocessing
 from torchvision.models import ResNet50_Weights
 
@@ -41,7 +35,9 @@ def settings_for(preprocessing: Preprocessing, **extra) -> HandlerSettings:
 
 def crop_of(request: dict, headers: dict, settings: HandlerSettings) -> tuple[torch.Tensor, int]:
     """What the handler makes of a one-image request: the crop and the top-k."""
-    parsed = read_request(request, headers, settings, num_classes=1000)
+    parsed = read_request(
+        request, headers, default_topk=settings.topk, num_classes=1000, max_images=1
+    )
     (image,) = parsed.images
     return decode_image(image, settings), parsed.topk
 
@@ -123,10 +119,10 @@ def test_bad_topk_is_a_400_with_a_short_message(raw) -> None:
     assert len(err.value.message) < 200
 
 
-def test_encode_answer_is_the_stock_shape_best_first() -> None:
+def test_label_scores_are_the_stock_shape_best_first() -> None:
     labels = ["a", "crane", "b", "crane", "c"]
     probabilities = torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15])
-    answer = encode_answer(probabilities, 4, labels)
+    answer = label_scores(probabilities, 4, labels)
     # A repeated ImageNet name ("crane") keeps its best score and its rank.
     assert answer == {
         "crane": pytest.approx(0.4),
@@ -134,7 +130,7 @@ def test_encode_answer_is_the_stock_shape_best_first() -> None:
         "b": pytest.approx(0.1),
     }
     assert list(answer) == ["crane", "c", "b"]
-    assert list(encode_answer(probabilities, 1, labels)) == ["crane"]
+    assert list(label_scores(probabilities, 1, labels)) == ["crane"]
 
 
 @pytest.fixture(scope="module")
