@@ -136,5 +136,5 @@ cpp-deps:
 		echo "cpp: installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else \
-		echo "cpp: build/classify needs a C++17 compiler, libjpeg, libpng and nlohmann-json; missing:$$missing. Install them as root (apt-get install$$missing)." >&2; exit 1; \
+		echo "cpp: build/classify needs a C++20 compiler (g++ >= 10), libjpeg, libpng and nlohmann-json; missing:$$missing. Install them as root (apt-get install$$missing)." >&2; exit 1; \
 	fi
