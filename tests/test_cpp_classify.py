@@ -141,6 +141,22 @@ def test_answers_equal_the_reference_on_real_photos(
     assert shared != set(chelsea) or max(abs(chelsea[k] - coffee[k]) for k in shared) > 1e-4
 
 
+#: Picture shapes that take different paths through Pillow 13's resize: more than twice as tall
+#: as wide (vertical pass first), just under that (horizontal first), and wide. (The odd images
+#: below are small: enlarged.)
+SHAPES = {"tall": (300, 700), "nearly_twice_as_tall": (300, 590), "wide": (700, 300)}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_picture_shapes(
+    classify: Path, build_dir: Path, photos: dict[str, Path], shape: str, tmp_path: Path
+) -> None:
+    image = tmp_path / f"{shape}.png"
+    photo = Image.open(photos["astronaut"]).convert("RGB")
+    photo.resize(SHAPES[shape], Image.Resampling.LANCZOS).save(image)
+    assert_matches_reference(classify, build_dir / "resnet18.pt", image, tmp_path)
+
+
 @pytest.mark.parametrize("name", JPEG_AND_PNG)
 def test_odd_jpeg_and_png_images(
     classify: Path, build_dir: Path, photos: dict[str, Path], name: str, tmp_path: Path
