@@ -105,8 +105,9 @@ CPP_OBJECTS := $(patsubst cpp/%.cpp,$(BUILD)/cpp/%.o,$(wildcard cpp/*.cpp))
 # The torch wheel's folder, found without importing torch (that takes seconds).
 TORCH_DIR = $(shell $(BIN)/python -c 'import importlib.util as u; print(u.find_spec("torch").submodule_search_locations[0])')
 # C++20: torch 2.14's headers require it. -ffp-contract=off: the resize's weights must round
-# as Pillow's do (no fused multiply-add).
-CPP_FLAGS = -std=c++20 -O2 -Wall -Wextra -ffp-contract=off -MMD -MP \
+# as Pillow's do (no fused multiply-add). -MD (not -MMD): the dependency files list torch's and
+# the system's headers too, so another torch in the venv recompiles the program.
+CPP_FLAGS = -std=c++20 -O2 -Wall -Wextra -ffp-contract=off -MD -MP \
 	-isystem $(TORCH_DIR)/include -isystem $(TORCH_DIR)/include/torch/csrc/api/include
 # libtorch_cpu (not libtorch, which adds the CUDA libraries); the rpath finds it at run time.
 CPP_LIBS = -L$(TORCH_DIR)/lib -Wl,-rpath,$(TORCH_DIR)/lib -ltorch_cpu -lc10 -ljpeg -lpng
