@@ -23,13 +23,13 @@ from PIL import Image
 from torchvision.transforms import functional as F
 
 from resnet_mar.export import PREPROCESSING_FILE, export_torchscript, prepare_for_inference
+from resnet_mar.serving_settings import MAX_IMAGE_PIXELS
 from resnet_mar.weights import STANDARD_IMAGENET, Preprocessing, load_weights
 from tests.conftest import REPO_ROOT
 from tests.odd_images import VALID_NAMES, broken_inputs, encode, small_photo, valid_images
 from tests.reference import reference_answer
 
 CLASSIFY = REPO_ROOT / "build" / "classify"
-MAX_PIXELS = 50_000_000  # the handler's default max_image_pixels
 
 #: What build/classify achieves: crops bit-identical to Pillow's, so the model gets the same
 #: input and its answer matches the Python reference exactly (measured: 0.0 difference). The
@@ -100,7 +100,7 @@ def assert_matches_reference(
     picture the handler decodes from the same bytes."""
     crop_file = tmp_path / f"{image.stem}.ppm"
     answer = classify_answer(classify, model_file, image, crop=crop_file)
-    picture = decode_rgb(image.read_bytes(), max_pixels=MAX_PIXELS)
+    picture = decode_rgb(image.read_bytes(), max_pixels=MAX_IMAGE_PIXELS)
     crop = np.asarray(Image.open(crop_file))
     expected_crop = python_crop(picture, preprocessing)
     assert crop.shape == expected_crop.shape
