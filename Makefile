@@ -37,6 +37,7 @@ help: ## list targets and variables
 	@echo "  SEED=$(SEED)        seed of untrained weights (WEIGHTS=none)"
 	@echo "  JPEG_DRAFT=$(JPEG_DRAFT)  0: exact full JPEG decoding | 2: large JPEGs decoded at reduced scale (faster)"
 	@echo "  BUILD=$(BUILD)  MODEL_STORE=$(MODEL_STORE)  PYTHON=$(PYTHON)  PYTEST_ARGS=$(PYTEST_ARGS)"
+	@echo "  CXX=$(CXX)  C++ compiler of make cpp"
 
 setup: $(STAMP) java ## create .venv with the pinned stack and check Java >= 17
 
@@ -97,3 +98,44 @@ bench: setup ## served vs in-process limit vs stock TorchServe -> results/bench/
 
 clean: ## remove build outputs and archives (keeps .venv)
 	rm -rf $(BUILD) $(MODEL_STORE)/*.mar logs results
+
+# --- C++ consumer: build/classify, libtorch from the venv's torch wheel, no Python at run time.
+.PHONY: cpp cpp-deps
+CPP_OBJECTS := $(patsubst cpp/%.cpp,$(BUILD)/cpp/%.o,$(wildcard cpp/*.cpp))
+# The torch wheel's folder, found without importing torch (that takes seconds).
+TORCH_DIR = $(shell $(BIN)/python -c 'import importlib.util as u; print(u.find_spec("torch").submodule_search_locations[0])')
+# C++20: torch 2.14's headers require it. -ffp-contract=off: the resize's weights must round
+# as Pillow's do (no fused multiply-add). -MD (not -MMD): the dependency files list torch's and
+# the system's headers too, so another torch in the venv recompiles the program.
+CPP_FLAGS = -std=c++20 -O2 -Wall -Wextra -ffp-contract=off -MD -MP \
+	-isystem $(TORCH_DIR)/include -isystem $(TORCH_DIR)/include/torch/csrc/api/include
+# libtorch_cpu (not libtorch, which adds the CUDA libraries); the rpath finds it at run time.
+CPP_LIBS = -L$(TORCH_DIR)/lib -Wl,-rpath,$(TORCH_DIR)/lib -ltorch_cpu -lc10 -ljpeg -lpng
+# Each header the C++ code needs from the system, and the Debian package that provides it.
+CPP_HEADERS := jpeglib.h:libjpeg62-turbo-dev png.h:libpng-dev nlohmann/json.hpp:nlohmann-json3-dev
+
+cpp: $(BUILD)/classify ## build/classify MODEL.pt IMAGE: top-5 in C++ with libtorch (no Python at run time)
+
+$(BUILD)/classify: $(CPP_OBJECTS)
+	$(CXX) -o $@ $^ $(CPP_LIBS)
+
+$(BUILD)/cpp/%.o: cpp/%.cpp | cpp-deps
+	@mkdir -p $(@D)
+	$(CXX) $(CPP_FLAGS) -c $< -o $@
+
+-include $(CPP_OBJECTS:.o=.d)
+
+# libtorch comes with the venv's torch: set the venv up when missing, else use it as it is.
+cpp-deps:
+	@[ -x $(BIN)/python ] || $(MAKE) --no-print-directory $(STAMP)
+	@missing=$$(command -v $(CXX) >/dev/null || echo g++); \
+	for pair in $(CPP_HEADERS); do \
+		echo "#include <$${pair%%:*}>" | $(CXX) -E -x c++ - >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "cpp: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else \
+		echo "cpp: build/classify needs a C++20 compiler (g++ >= 10), libjpeg, libpng and nlohmann-json; missing:$$missing. Install them as root (apt-get install$$missing)." >&2; exit 1; \
+	fi

@@ -92,7 +92,7 @@ def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:
     suffix, exporter = EXPORTERS[request.model_format]
     out_dir.mkdir(parents=True, exist_ok=True)
     model_file = out_dir / f"{name}{suffix}"
-    compiled = exporter(eager, model_file, loaded.preprocessing.crop_size)
+    compiled = exporter(eager, model_file, loaded.preprocessing)
     parity = check_parity(eager, compiled, parity_inputs(loaded.preprocessing.crop_size))
 
     archive_dir = out_dir / name

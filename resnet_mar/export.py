@@ -9,6 +9,7 @@ handlers/ alone, not this package); the tests check that both agree with the eag
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -16,12 +17,18 @@ from pathlib import Path
 import torch
 
 from resnet_mar.parity import Forward
+from resnet_mar.weights import Preprocessing
 
 #: torch 2.14 marks TorchScript deprecated (in favour of torch.export); it still works, and its
 #: four warnings per model would bury the build's own progress lines.
 JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
 
-Exporter = Callable[[torch.nn.Module, Path, int], Forward]
+Exporter = Callable[[torch.nn.Module, Path, Preprocessing], Forward]
+
+#: The extra file a TorchScript model carries its preprocessing in (``torch.jit.save``'s
+#: ``_extra_files``), so a consumer without Python (``cpp/classify.cpp``, through
+#: ``torch::jit::load``) prepares images as the weights expect, from the model file alone.
+PREPROCESSING_FILE = "preprocessing.json"
 
 #: Batch sizes the torch.export-based formats are exported for (1 to this); the server batches 8.
 MAX_BATCH = 64
@@ -35,13 +42,15 @@ def prepare_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def export_torchscript(model: torch.nn.Module, path: Path, crop_size: int) -> Forward:
+def export_torchscript(model: torch.nn.Module, path: Path, preprocessing: Preprocessing) -> Forward:
     """``torch.jit.script`` then freeze: the graph is compiled (control flow kept, unlike
-    tracing), weights become constants and batch norm folds into the convolutions."""
+    tracing), weights become constants and batch norm folds into the convolutions. The file
+    also carries the preprocessing as :data:`PREPROCESSING_FILE`."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=JIT_DEPRECATION)
         frozen = torch.jit.freeze(torch.jit.script(model))
-        torch.jit.save(frozen, str(path))
+        extra_files = {PREPROCESSING_FILE: json.dumps(preprocessing.as_dict())}
+        torch.jit.save(frozen, str(path), _extra_files=extra_files)
         return torch.jit.load(str(path), map_location="cpu")
 
 
@@ -56,7 +65,7 @@ def dynamic_batch() -> tuple[dict[int, torch.export.Dim]]:
     return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
 
 
-def export_onnx(model: torch.nn.Module, path: Path, crop_size: int) -> Forward:
+def export_onnx(model: torch.nn.Module, path: Path, preprocessing: Preprocessing) -> Forward:
     """The torch.export-based ONNX exporter (torch's default; it needs ``onnxscript``), not the
     legacy TorchScript-based one, which torch 2.14 deprecates for removal. Weights go inside the
     one ``.onnx`` file (no external data) because the archive packs a single serialized file."""
@@ -64,7 +73,7 @@ def export_onnx(model: torch.nn.Module, path: Path, crop_size: int) -> Forward:
 
     torch.onnx.export(
         model,
-        batch_example(crop_size),
+        batch_example(preprocessing.crop_size),
         str(path),
         dynamo=True,
         verbose=False,
@@ -81,13 +90,15 @@ def export_onnx(model: torch.nn.Module, path: Path, crop_size: int) -> Forward:
     return forward
 
 
-def export_aoti(model: torch.nn.Module, path: Path, crop_size: int) -> Forward:
+def export_aoti(model: torch.nn.Module, path: Path, preprocessing: Preprocessing) -> Forward:
     """``torch.export`` then AOTInductor: the graph becomes C++ compiled here with the machine's
     compiler into a ``.pt2`` package that torch loads without Python-level graph execution.
 
     The kernels are compiled for this machine's CPU instruction set (AVX-512 where present):
     serve the package on the same kind of machine it was built on."""
-    program = torch.export.export(model, batch_example(crop_size), dynamic_shapes=dynamic_batch())
+    program = torch.export.export(
+        model, batch_example(preprocessing.crop_size), dynamic_shapes=dynamic_batch()
+    )
     torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     return torch._inductor.aoti_load_package(str(path))
 
