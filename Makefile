@@ -10,9 +10,15 @@ NAME        ?=
 FORMAT      ?= torchscript
 VERSION     ?= 1.0
 SEED        ?= 0
-JPEG_DRAFT  ?= 0
+JPEG_DRAFT  ?=
 BUILD       ?= build
 MODEL_STORE ?= model_store
+RUN         ?= run
+PROTOCOL    ?= v2
+STORAGE_URI ?= pvc://resnet-mar/kserve
+SERVICE     ?= resnet-mar
+POD_CPUS    ?= 1
+POD_MEMORY  ?= 4Gi
 PYTEST_ARGS ?=
 
 VENV  := .venv
@@ -21,11 +27,11 @@ STAMP := $(VENV)/.installed
 NAMES := $(or $(NAME),$(MODELS))
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup java labels script archive serve stop test lint bench clean
+.PHONY: help setup host-tools labels script archive serve stop kserve test lint bench clean FORCE
 
 help: ## list targets and variables
 	@echo "Targets:"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
 	@echo "  MODELS=$(MODELS)    any of: resnet18 resnet34 resnet50 resnet101 resnet152"
 	@echo "         resnext50_32x4d resnext101_32x8d resnext101_64x4d wide_resnet50_2 wide_resnet101_2"
@@ -35,11 +41,15 @@ help: ## list targets and variables
 	@echo "  FORMAT=$(FORMAT)    serialized format: torchscript | onnx (ONNX Runtime) | aoti (AOTInductor .pt2)"
 	@echo "  VERSION=$(VERSION)  archive version (/predictions/<name>/<version>)"
 	@echo "  SEED=$(SEED)        seed of untrained weights (WEIGHTS=none)"
-	@echo "  JPEG_DRAFT=$(JPEG_DRAFT)  0: exact full JPEG decoding | 2: large JPEGs decoded at reduced scale (faster)"
+	@echo "  JPEG_DRAFT=$(JPEG_DRAFT)  empty or 0: exact full JPEG decoding | 2: large JPEGs decoded at reduced scale (faster)"
+	@echo "  RUN=$(RUN)          the served TorchServe's own folder (sockets, logs, state; owner only)"
+	@echo "  PROTOCOL=$(PROTOCOL)  make kserve: v1 | v2 | grpc-v2"
+	@echo "  STORAGE_URI=$(STORAGE_URI)  make kserve: where the cluster finds kserve/ (pvc://claim/folder, s3://bucket/folder)"
+	@echo "  SERVICE=$(SERVICE)  POD_CPUS=$(POD_CPUS)  POD_MEMORY=$(POD_MEMORY)  make kserve: InferenceService name and pod size"
 	@echo "  BUILD=$(BUILD)  MODEL_STORE=$(MODEL_STORE)  PYTHON=$(PYTHON)  PYTEST_ARGS=$(PYTEST_ARGS)"
 	@echo "  CXX=$(CXX)  C++ compiler of make cpp"
 
-setup: $(STAMP) java ## create .venv with the pinned stack and check Java >= 17
+setup: $(STAMP) host-tools ## create .venv with the pinned stack; check Java >= 17, socat, unshare, ip, curl
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,45 +58,70 @@ $(STAMP): pyproject.toml
 	@touch $@
 	@echo "setup: $(VENV) ready ($$($(BIN)/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'))"
 
-java:
-	@major=$$(java -version 2>&1 | awk -F'"' '/version/ {split($$2, v, "."); print v[1]}'); \
-	if [ -n "$$major" ] && [ "$$major" -ge 17 ]; then exit 0; fi; \
+# What TorchServe and its doors need from the system; installed with apt-get when missing and root.
+host-tools:
+	@missing=""; \
+	major=$$(java -version 2>&1 | awk -F'"' '/version/ {split($$2, v, "."); print v[1]}'); \
+	{ [ -n "$$major" ] && [ "$$major" -ge 17 ]; } || missing="openjdk-17-jre-headless"; \
+	command -v socat >/dev/null || missing="$$missing socat"; \
+	command -v unshare >/dev/null || missing="$$missing util-linux"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "setup: Java >= 17 missing (found: $${major:-none}); installing openjdk-17-jre-headless"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; \
+		echo "setup: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else \
-		echo "setup: TorchServe needs Java >= 17 (found: $${major:-none}). Install openjdk-17-jre-headless as root." >&2; exit 1; \
+		echo "setup: TorchServe here needs Java >= 17 (found: $${major:-none}), socat, unshare, ip and curl; missing:$$missing. Install them as root (apt-get install$$missing)." >&2; exit 1; \
 	fi
 
 labels: $(STAMP) ## regenerate index_to_name.json from torchvision's ImageNet categories
 	$(BIN)/python -m resnet_mar labels --out index_to_name.json
 
-script: $(STAMP) ## compile MODELS (FORMAT, default TorchScript) into build/, checked against eager
-	$(BIN)/python -m resnet_mar build --models $(MODELS) --weights $(WEIGHTS) \
-		$(if $(LABELS),--labels $(LABELS)) $(if $(NAME),--name $(NAME)) \
-		--format $(FORMAT) --seed $(SEED) --jpeg-draft $(JPEG_DRAFT) --out $(BUILD)
+# --- Builds and archives: real files, rebuilt only when something they come from changed.
+# A served name's architecture: MODELS when NAME renames one model, else the name itself.
+arch = $(if $(NAME),$(MODELS),$(1))
+build_request = arch=$(call arch,$(1)) weights=$(WEIGHTS) labels=$(LABELS) format=$(FORMAT) seed=$(SEED) jpeg_draft=$(JPEG_DRAFT)
+BUILD_SOURCES := $(wildcard resnet_mar/*.py) handlers/serving_schema.py
+HANDLER_FILES := $(wildcard handlers/*.py)
+BUILT    := $(NAMES:%=$(BUILD)/%.json)
+ARCHIVES := $(NAMES:%=$(MODEL_STORE)/%.mar)
+.PRECIOUS: $(BUILD)/%.request $(BUILD)/%.version $(BUILD)/%.json
 
-archive: script ## script, then pack model_store/<name>.mar per model (archive.sh)
-	./archive.sh -b $(BUILD) -s $(MODEL_STORE) -v $(VERSION) $(NAMES)
+# What a build or an archive was asked for, rewritten only when that changes (so a new WEIGHTS,
+# FORMAT or VERSION rebuilds, and an unchanged one does not).
+$(BUILD)/%.request: FORCE
+	@mkdir -p $(@D); echo '$(call build_request,$*)' | cmp -s - $@ || echo '$(call build_request,$*)' > $@
+$(BUILD)/%.version: FORCE
+	@mkdir -p $(@D); echo '$(VERSION)' | cmp -s - $@ || echo '$(VERSION)' > $@
 
-serve: setup ## archive if needed, start TorchServe with every archive (and GOMP_SPINCOUNT), wait until READY
-	@missing=$$(for n in $(NAMES); do [ -f $(MODEL_STORE)/$$n.mar ] || echo $$n; done); \
-	if [ -n "$$missing" ]; then echo "serve: no archive for: $$missing; running make archive"; \
-		$(MAKE) --no-print-directory archive; fi
-	@mkdir -p logs
-	@workerenv=$$($(BIN)/python -m resnet_mar.worker_environment); \
-	echo "env $$workerenv torchserve --start --ncs --model-store $(MODEL_STORE) --models all --ts-config config.properties"; \
-	env $$workerenv torchserve --start --ncs --model-store $(MODEL_STORE) --models all \
-		--ts-config config.properties </dev/null >logs/torchserve.out 2>&1 \
-		|| { cat logs/torchserve.out; exit 1; }
-	$(BIN)/python -m resnet_mar wait-ready --config config.properties \
-		--models $$(ls $(MODEL_STORE)/*.mar | xargs -n1 basename | sed 's/\.mar$$//')
+$(BUILD)/%.json: $(BUILD)/%.request $(BUILD_SOURCES) $(wildcard $(WEIGHTS) $(LABELS)) | $(STAMP)
+	$(BIN)/python -m resnet_mar build --models $(call arch,$*) --weights $(WEIGHTS) \
+		$(if $(LABELS),--labels $(LABELS)) $(if $(NAME),--name $*) --format $(FORMAT) \
+		--seed $(SEED) $(if $(JPEG_DRAFT),--jpeg-draft $(JPEG_DRAFT)) --out $(BUILD)
 
-stop: ## stop the TorchServe started by make serve
-	torchserve --stop
+$(MODEL_STORE)/%.mar: $(BUILD)/%.json $(BUILD)/%.version $(HANDLER_FILES) archive.sh
+	./archive.sh -b $(BUILD) -s $(MODEL_STORE) -v $(VERSION) $*
 
-test: setup ## unit tests, then integration tests against a real TorchServe
+script: $(BUILT) ## compile MODELS (FORMAT, default TorchScript) into build/, checked against eager
+archive: $(ARCHIVES) ## pack model_store/<name>.mar per model (archive.sh); rebuilds only what changed
+
+# --- Serving.
+serve: $(ARCHIVES) host-tools ## start TorchServe with every archive, in its own network namespace; wait until READY
+	$(BIN)/python -m resnet_mar serve --config config.properties --model-store $(MODEL_STORE) --folder $(RUN)
+
+stop: ## drain and stop the server make serve started; returns once nothing of it runs
+	$(BIN)/python -m resnet_mar stop --folder $(RUN)
+
+kserve: $(ARCHIVES) ## write kserve/: a KServe storage folder (config, model-store) and its InferenceService
+	$(BIN)/python -m resnet_mar kserve --model-store $(MODEL_STORE) --models $(NAMES) --out kserve \
+		--protocol $(PROTOCOL) --storage-uri $(STORAGE_URI) --service $(SERVICE) \
+		--cpus $(POD_CPUS) --memory $(POD_MEMORY)
+
+# --- Checks.
+test: setup ## ruff (lint and format), unit tests, integration tests against a real TorchServe
 	$(BIN)/ruff check resnet_mar handlers tests
+	$(BIN)/ruff format --check resnet_mar handlers tests
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check and format check
@@ -96,8 +131,8 @@ lint: $(STAMP) ## ruff check and format check
 bench: setup ## served vs in-process limit vs stock TorchServe -> results/bench/report.md (~8 min)
 	$(BIN)/python -m resnet_mar.bench --out results/bench --work $(BUILD)/bench
 
-clean: ## remove build outputs and archives (keeps .venv)
-	rm -rf $(BUILD) $(MODEL_STORE)/*.mar logs results
+clean: ## remove build outputs, archives, kserve/ and results (keeps .venv and a running server's folder)
+	rm -rf $(BUILD) $(MODEL_STORE)/*.mar logs results kserve
 
 # --- C++ consumer: build/classify, libtorch from the venv's torch wheel, no Python at run time.
 .PHONY: cpp cpp-deps

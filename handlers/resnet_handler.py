@@ -102,6 +102,12 @@ def http_headers(context: Any, idx: int) -> dict[str, str]:
     return {name.lower(): value for name, value in found.items() if isinstance(value, str)}
 
 
+def came_over_grpc(headers: dict[str, str]) -> bool:
+    """Whether a request came through TorchServe's gRPC API: its REST frontend always adds
+    headers (content-length at least), gRPC calls carry none but TorchServe's sequence keys."""
+    return all(name.startswith("ts_request_sequence_") for name in headers)
+
+
 def resolve_threads(settings: HandlerSettings) -> int:
     """``intra_op_threads``, with "auto" resolved from the CPUs this worker may use."""
     if settings.intra_op_threads == AUTO:
@@ -217,10 +223,8 @@ class ResNetClassifierHandler:
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         started = time.perf_counter()
-        parsed = [
-            guarded(self._read, request, http_headers(context, idx))
-            for idx, request in enumerate(data)
-        ]
+        headers = [http_headers(context, idx) for idx in range(len(data))]
+        parsed = [guarded(self._read, request, headers[idx]) for idx, request in enumerate(data)]
         with self._gate:  # decoding and the forward pass use all cores: one model at a time
             crops = self._decode_requests(parsed)
             good = [crop for own in crops if isinstance(own, list) for crop in own]
@@ -234,6 +238,12 @@ class ResNetClassifierHandler:
                 outcome = guarded(encode_answer, outcome, own_rows, self.labels, self.identity)
             protocol = request.protocol if isinstance(request, ParsedRequest) else None
             answers.append(self._respond(idx, outcome, protocol, data[idx], context))
+            if came_over_grpc(headers[idx]):
+                # One answer ends the call. TorchServe's StreamPredictions otherwise reads a
+                # missing "ts_stream_next" header, fails, and kills the worker (and with it the
+                # batch's other requests); unary Predictions ignores it. Never on REST: there it
+                # would make TorchServe stream the body without sending the response head.
+                context.set_response_header(idx, "ts_stream_next", "false")
         elapsed = time.perf_counter() - started
         for answer in answers:
             self.metrics.record(answer[1], elapsed)

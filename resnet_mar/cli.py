@@ -15,6 +15,7 @@ from resnet_mar.architectures import (
     check_architecture,
 )
 from resnet_mar.build import BuildError, BuildRequest, build_model
+from resnet_mar.kserve_storage import KServeError
 from resnet_mar.labels import LabelMapError, imagenet_categories, write_label_map
 from resnet_mar.parity import ParityError
 from resnet_mar.torchserve import ServerError
@@ -28,6 +29,7 @@ USER_ERRORS = (
     BuildError,
     ServerError,
     SchemaError,
+    KServeError,
 )
 
 
@@ -66,16 +68,64 @@ def cmd_labels(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({len(imagenet_categories())} ImageNet classes from torchvision)")
 
 
-def cmd_wait_ready(args: argparse.Namespace) -> None:
-    from resnet_mar.torchserve import Endpoints, wait_until_ready
+def cmd_serve(args: argparse.Namespace) -> None:
+    from resnet_mar.server_doors import ServerFolder
+    from resnet_mar.torchserve import start_server, stop_server, wait_until_ready
 
-    endpoints = Endpoints.from_config(args.config.read_text())
-    statuses = wait_until_ready(
-        endpoints.management, args.models, timeout_s=args.timeout, log_file=args.log
-    )
-    for name in args.models:
+    names = sorted(mar.stem for mar in args.model_store.glob("*.mar"))
+    if not names:
+        raise ServerError(f"no archive in {args.model_store}: run make archive")
+    folder = ServerFolder(args.folder.resolve())
+    server = start_server(args.model_store, ["all"], folder, args.config.read_text())
+    print(f"serve: TorchServe started from {folder.root} (logs in {folder.logs}); loading {names}")
+    try:
+        statuses = wait_until_ready(
+            server.endpoints.management,
+            names,
+            timeout_s=args.timeout,
+            log_file=server.log_file,
+            process=server.process,
+        )
+    except ServerError:
+        stop_server(server.state, drain_s=0, exit_s=10)
+        raise
+    for name in names:
         print(f"{name}: {len(statuses[name])} worker(s) READY")
-        print(f"  curl -T photo.jpg {endpoints.inference}/predictions/{name}")
+        print(f"  curl -T photo.jpg {server.endpoints.inference}/predictions/{name}")
+    socket = server.endpoints.management.removeprefix("unix:")
+    print(f"management (owner only): curl --unix-socket {socket} http://localhost/models")
+    print(f"metrics: curl {server.endpoints.metrics}/metrics    stop: make stop")
+
+
+def cmd_stop(args: argparse.Namespace) -> None:
+    from resnet_mar.server_doors import ServerFolder
+    from resnet_mar.torchserve import ServerState, stop_server
+
+    folder = ServerFolder(args.folder.resolve())
+    if not folder.state.exists():
+        raise ServerError(f"no server runs from {folder.root}")
+    report = stop_server(ServerState.load(folder), drain_s=args.drain)
+    print(f"stop: {report}; nothing of it is left running")
+
+
+def cmd_kserve(args: argparse.Namespace) -> None:
+    from resnet_mar.kserve_storage import Deployment, write_storage
+
+    deployment = Deployment(
+        name=args.service,
+        protocol=args.protocol,
+        storage_uri=args.storage_uri,
+        cpus=args.cpus,
+        memory=args.memory,
+    )
+    archives = [args.model_store / f"{name}.mar" for name in args.models]
+    written = write_storage(archives, args.out, deployment)
+    for path in written:
+        print(f"wrote {path}")
+    print(
+        f"kserve: copy {args.out}/ to {args.storage_uri} (its config/ and model-store/), then "
+        f"kubectl apply -f {args.out}/inferenceservice.yaml (README: Run on KServe)"
+    )
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -120,12 +170,28 @@ def parser() -> argparse.ArgumentParser:
     labels.add_argument("--out", type=Path, default=Path("index_to_name.json"))
     labels.set_defaults(func=cmd_labels)
 
-    wait = sub.add_parser("wait-ready", help="wait until served models are READY")
-    wait.add_argument("--config", type=Path, default=Path("config.properties"))
-    wait.add_argument("--models", nargs="+", required=True)
-    wait.add_argument("--timeout", type=float, default=300)
-    wait.add_argument("--log", type=Path, default=Path("logs/ts_log.log"))
-    wait.set_defaults(func=cmd_wait_ready)
+    serve = sub.add_parser("serve", help="start TorchServe with every archive, wait until READY")
+    serve.add_argument("--config", type=Path, default=Path("config.properties"))
+    serve.add_argument("--model-store", type=Path, default=Path("model_store"))
+    serve.add_argument("--folder", type=Path, default=Path("run"), help="the server's own folder")
+    serve.add_argument("--timeout", type=float, default=300, help="seconds to wait for READY")
+    serve.set_defaults(func=cmd_serve)
+
+    stop = sub.add_parser("stop", help="drain and stop the server make serve started")
+    stop.add_argument("--folder", type=Path, default=Path("run"))
+    stop.add_argument("--drain", type=float, default=30, help="seconds to answer queued requests")
+    stop.set_defaults(func=cmd_stop)
+
+    kserve = sub.add_parser("kserve", help="write a KServe storage folder and InferenceService")
+    kserve.add_argument("--model-store", type=Path, default=Path("model_store"))
+    kserve.add_argument("--models", nargs="+", required=True, help="archive names to include")
+    kserve.add_argument("--out", type=Path, default=Path("kserve"))
+    kserve.add_argument("--protocol", required=True, help="v1, v2 or grpc-v2")
+    kserve.add_argument("--storage-uri", required=True, help="pvc://claim/folder, s3://bucket/...")
+    kserve.add_argument("--service", required=True, help="the InferenceService's name")
+    kserve.add_argument("--cpus", required=True, help="the pod's CPU request and limit")
+    kserve.add_argument("--memory", required=True, help="the pod's memory request and limit")
+    kserve.set_defaults(func=cmd_kserve)
 
     predict = sub.add_parser("predict", help="send images to a served model")
     predict.add_argument("--url", default="http://127.0.0.1:8080")

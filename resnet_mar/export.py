@@ -9,15 +9,16 @@ handlers/ alone, not this package); the tests check that both agree with the eag
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from serving_schema import Preprocessing
 
 from resnet_mar.parity import Forward
-from resnet_mar.weights import Preprocessing
 
 #: torch 2.14 marks TorchScript deprecated (in favour of torch.export); it still works, and its
 #: four warnings per model would bury the build's own progress lines.
@@ -49,7 +50,7 @@ def export_torchscript(model: torch.nn.Module, path: Path, preprocessing: Prepro
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=JIT_DEPRECATION)
         frozen = torch.jit.freeze(torch.jit.script(model))
-        extra_files = {PREPROCESSING_FILE: json.dumps(preprocessing.as_dict())}
+        extra_files = {PREPROCESSING_FILE: json.dumps(dataclasses.asdict(preprocessing))}
         torch.jit.save(frozen, str(path), _extra_files=extra_files)
         return torch.jit.load(str(path), map_location="cpu")
 

@@ -1,46 +1,104 @@
-"""Start, watch and stop TorchServe: one place for what tests, ``make serve`` and the benchmark do.
+"""Start, watch and stop TorchServe: one place for what ``make serve``, ``make stop``, the tests
+and the benchmark do.
 
-TorchServe keeps one pid file per ``TMPDIR`` and writes logs into its working directory, so a
-private server gets its own TMPDIR, working directory, log folder and free loopback ports.
+A server gets its own folder (sockets, TMPDIR and TEMP, logs, working directory) and, unless
+asked otherwise, its own network namespace (server_doors.py says which doors lead in). Stopping
+drains: the public doors close first, queued requests are answered, then TorchServe's Java
+frontend gets SIGTERM and is waited for, and nothing of the server outlives ``stop``.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-import requests
-
+from resnet_mar.server_doors import (
+    REPO_ROOT,
+    DoorError,
+    ServerFolder,
+    forwarder_command,
+    free_port,
+    host_and_port,
+    isolated_config,
+    isolation_prefix,
+    public_addresses,
+    unix_http,
+)
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
+__all__ = ["REPO_ROOT", "RunningServer", "ServerError", "private_server"]
 
 
 class ServerError(RuntimeError):
-    """TorchServe could not be started or did not get its models ready; says why."""
+    """TorchServe could not be started, got no models ready, or could not be stopped; says why."""
 
 
 @dataclass(frozen=True)
 class Endpoints:
+    """How to reach a running server: inference and metrics URLs, and management either as a
+    unix socket (``unix:/path``) or a URL."""
+
     inference: str
-    management: str
     metrics: str
+    management: str
+
+
+@dataclass
+class ServerState:
+    """What it takes to find a running server again (``make serve`` saves it for ``make stop``):
+    its folder, TorchServe's process group and the forwarders' process groups."""
+
+    folder: str
+    endpoints: Endpoints
+    group: int
+    forwarders: list[int] = field(default_factory=list)
+
+    def save(self) -> None:
+        ServerFolder(Path(self.folder)).state.write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def from_config(cls, config_text: str) -> Endpoints:
-        found = dict(re.findall(r"^\s*(\w+_address)\s*=\s*(\S+)", config_text, re.MULTILINE))
-        return cls(*(found[key] for key in ADDRESS_KEYS))
+    def load(cls, folder: ServerFolder) -> ServerState:
+        data = json.loads(folder.state.read_text())
+        return cls(**{**data, "endpoints": Endpoints(**data["endpoints"])})
+
+
+@dataclass
+class RunningServer:
+    state: ServerState
+    process: subprocess.Popen
+
+    @property
+    def endpoints(self) -> Endpoints:
+        return self.state.endpoints
+
+    @property
+    def folder(self) -> ServerFolder:
+        return ServerFolder(Path(self.state.folder))
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder.logs / "ts_log.log"
+
+    def management(self, method: str, target: str) -> tuple[int, Any]:
+        return management_call(self.endpoints.management, method, target)
+
+    def group_pids(self) -> list[int]:
+        """Every process of the server: TorchServe's group (Java, workers) and the forwarders'."""
+        return [
+            pid for group in (self.state.group, *self.state.forwarders) for pid in _members(group)
+        ]
 
 
 def torchserve_executable() -> str:
@@ -54,58 +112,68 @@ def torchserve_executable() -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def management_call(
+    endpoint: str, method: str, target: str, timeout: float = 10
+) -> tuple[int, Any]:
+    """One management API call: status and decoded JSON."""
+    if endpoint.startswith("unix:"):
+        return unix_http(Path(endpoint.removeprefix("unix:")), method, target, timeout)
+    host, port = host_and_port(endpoint)
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request(method, target)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    return response.status, json.loads(body or b"null")
 
 
-def config_with_free_ports(config_text: str) -> str:
-    """The project's config.properties with every address moved to a free loopback port."""
-    for key in ADDRESS_KEYS:
-        config_text = re.sub(
-            rf"^(\s*{key}\s*=\s*)\S+",
-            lambda m: f"{m.group(1)}http://127.0.0.1:{free_port()}",
-            config_text,
-            flags=re.MULTILINE,
-        )
-    return config_text
-
-
-def model_status(management: str) -> dict[str, list[str]]:
+def model_status(endpoint: str) -> dict[str, list[str]]:
     """Worker statuses per registered model, from the management API."""
-    listed = requests.get(f"{management}/models", timeout=5).json().get("models", [])
+    _, listed = management_call(endpoint, "GET", "/models")
     statuses = {}
-    for entry in listed:
-        described = requests.get(f"{management}/models/{entry['modelName']}", timeout=5).json()
+    for entry in (listed or {}).get("models", []):
+        _, described = management_call(endpoint, "GET", f"/models/{entry['modelName']}")
         statuses[entry["modelName"]] = [
             worker["status"] for model in described for worker in model.get("workers", [])
         ]
     return statuses
 
 
+def pending_requests(endpoint: str) -> int:
+    """Requests queued for every model, not yet handed to a worker."""
+    _, listed = management_call(endpoint, "GET", "/models")
+    total = 0
+    for entry in (listed or {}).get("models", []):
+        _, described = management_call(endpoint, "GET", f"/models/{entry['modelName']}")
+        total += sum(m.get("jobQueueStatus", {}).get("pendingRequests", 0) for m in described)
+    return total
+
+
 def wait_until_ready(
-    management: str,
+    endpoint: str,
     expected: list[str],
     *,
     timeout_s: float,
     log_file: Path | None = None,
     process: subprocess.Popen | None = None,
 ) -> dict[str, list[str]]:
-    """Block until every expected model has all its workers READY; fail with the log's tail."""
+    """Block until every expected model has all its workers READY; fail with the log's tail, at
+    once when a model failed to load (TorchServe would retry for ever)."""
     deadline = time.monotonic() + timeout_s
     statuses: dict[str, list[str]] = {}
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise ServerError(f"TorchServe exited with {process.returncode}{log_tail(log_file)}")
         try:
-            statuses = model_status(management)
-        except requests.RequestException:
+            statuses = model_status(endpoint)
+        except (OSError, http.client.HTTPException, ValueError):
             statuses = {}
         if all(statuses.get(m) and set(statuses[m]) == {"READY"} for m in expected):
             return statuses
         failed = load_failures(log_file, expected)
-        if failed:  # TorchServe retries for ever; the first failure already says why
+        if failed:
             raise ServerError(
                 f"loading {', '.join(failed)} failed{log_tail(model_log(log_file), 60)}"
             )
@@ -136,15 +204,195 @@ def log_tail(log_file: Path | None, lines: int = 40) -> str:
     return f"\n--- last {len(tail)} lines of {log_file} ---\n" + "\n".join(tail)
 
 
-@dataclass
-class RunningServer:
-    endpoints: Endpoints
-    workdir: Path
-    process: subprocess.Popen
+def start_server(
+    model_store: Path,
+    models: list[str],
+    folder: ServerFolder,
+    config_text: str,
+    *,
+    worker_environment: Mapping[str, str] = WORKER_ENVIRONMENT,
+    isolated: bool = True,
+) -> RunningServer:
+    """Start TorchServe serving ``models`` (``name=file.mar`` words, or ``all``) from its own
+    folder; returns at once (see ``wait_until_ready``)."""
+    folder.create()
+    if folder.state.exists():
+        raise ServerError(f"a server already runs from {folder.root}: stop it first (make stop)")
+    try:
+        public = public_addresses(config_text) if isolated else {}
+        prefix = isolation_prefix() if isolated else []
+        commands = {door: forwarder_command(public[door], folder.socket(door)) for door in public}
+    except DoorError as err:
+        raise ServerError(str(err)) from None
+    folder.config.write_text(isolated_config(config_text, folder) if isolated else config_text)
+    env = {
+        **os.environ,
+        **worker_environment,
+        # TMPDIR: TorchServe's pid file and the handler's compute gate; TEMP: worker sockets
+        # and extracted archives (both per server, out of the shared /tmp).
+        "TMPDIR": str(folder.tmp),
+        "TEMP": str(folder.tmp),
+        "LOG_LOCATION": str(folder.logs),
+        "METRICS_LOCATION": str(folder.logs),
+    }
+    command = [
+        *prefix,
+        torchserve_executable(),
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--model-store",
+        str(model_store.resolve()),
+        "--models",
+        *models,
+        "--ts-config",
+        str(folder.config),
+    ]
+    with open(folder.logs / "torchserve.out", "wb") as output:
+        process = subprocess.Popen(
+            command, cwd=folder.root, env=env, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    forwarders = [_start_forwarder(door, command, folder) for door, command in commands.items()]
+    management = (
+        f"unix:{folder.socket('management')}" if isolated else _address(config_text, "management")
+    )
+    endpoints = Endpoints(
+        inference=public.get("inference") or _address(config_text, "inference"),
+        metrics=public.get("metrics") or _address(config_text, "metrics"),
+        management=management,
+    )
+    state = ServerState(str(folder.root), endpoints, process.pid, [f.pid for f in forwarders])
+    state.save()
+    return RunningServer(state, process)
 
-    @property
-    def log_file(self) -> Path:
-        return self.workdir / "logs" / "ts_log.log"
+
+def _start_forwarder(door: str, command: list[str], folder: ServerFolder) -> subprocess.Popen:
+    with open(folder.logs / f"forwarder-{door}.out", "wb") as output:
+        forwarder = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    time.sleep(0.2)
+    if forwarder.poll() is not None:
+        log = (folder.logs / f"forwarder-{door}.out").read_text(errors="replace")
+        raise ServerError(f"the {door} forwarder ({' '.join(command)}) exited: {log.strip()}")
+    return forwarder
+
+
+def _address(config_text: str, door: str) -> str:
+    match = re.search(rf"^\s*{door}_address\s*=\s*(\S+)", config_text, re.MULTILINE)
+    if not match:
+        raise ServerError(f"config.properties lacks {door}_address")
+    return match.group(1)
+
+
+@dataclass(frozen=True)
+class StopReport:
+    drained: bool
+    pending_at_close: int
+    java_exit_s: float
+    killed: bool
+
+    def __str__(self) -> str:
+        drain = "queue drained" if self.drained else "queue NOT drained before the deadline"
+        java = "killed after the deadline" if self.killed else f"exited in {self.java_exit_s:.1f} s"
+        return f"{drain} ({self.pending_at_close} waiting when the doors closed); TorchServe {java}"
+
+
+def stop_server(state: ServerState, *, drain_s: float = 30, exit_s: float = 30) -> StopReport:
+    """Close the public doors, answer what is queued, stop Java, and wait until no process of
+    the server is left; then remove its temporary files (extracted archives, worker sockets).
+
+    Connections already open through a forwarder may still send until Java stops: the drain is
+    exact for clients that open a connection per request."""
+    folder = ServerFolder(Path(state.folder))
+    for forwarder in state.forwarders:  # the listener only: open connections keep relaying
+        with suppress(ProcessLookupError):
+            os.kill(forwarder, signal.SIGTERM)
+    pending, drained = _drain(state.endpoints.management, drain_s)
+    java = _java_pid(folder)
+    began = time.monotonic()
+    with suppress(ProcessLookupError):
+        os.kill(java, signal.SIGTERM) if java else os.killpg(state.group, signal.SIGTERM)
+    exited = _wait(lambda: not _alive(java) if java else not _members(state.group), exit_s)
+    java_exit_s = time.monotonic() - began
+    for group in (state.group, *state.forwarders):
+        with suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    if not _wait(lambda: not any(_members(g) for g in (state.group, *state.forwarders)), 20):
+        raise ServerError(f"processes of the server in {folder.root} survived SIGKILL")
+    shutil.rmtree(folder.tmp, ignore_errors=True)
+    folder.state.unlink(missing_ok=True)
+    return StopReport(drained, pending, java_exit_s, killed=not exited)
+
+
+def _drain(management: str, timeout_s: float) -> tuple[int, bool]:
+    """Wait until no request is queued (and the batch a worker holds had time to finish)."""
+    try:
+        first = pending_requests(management)
+    except (OSError, http.client.HTTPException, ValueError):
+        return 0, True  # no management door: nothing can be asked, nothing to drain
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if pending_requests(management) == 0:
+                time.sleep(0.5)  # the batch already in a worker is not counted as pending
+                if pending_requests(management) == 0:
+                    return first, True
+        except (OSError, http.client.HTTPException, ValueError):
+            return first, True
+        time.sleep(0.2)
+    return first, False
+
+
+def _java_pid(folder: ServerFolder) -> int | None:
+    with suppress(OSError, ValueError):
+        return int((folder.tmp / ".model_server.pid").read_text().strip())
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with suppress(OSError):  # a zombie has exited: only its parent has not read its status yet
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    return False
+
+
+def _members(group: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with suppress(OSError, IndexError):
+            fields = (entry / "stat").read_text().split(")")[-1].split()
+            if int(fields[2]) == group and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _wait(done: Any, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        time.sleep(0.1)
+    return done()
+
+
+def config_with_free_ports(config_text: str) -> str:
+    """The config with its inference, management and metrics addresses and its gRPC ports on
+    free loopback ports (management and gRPC matter only for servers that are not isolated)."""
+    for door in ("inference", "management", "metrics"):
+        config_text = re.sub(rf"(?m)^\s*{door}_address\s*=.*$", "", config_text)
+        config_text += f"\n{door}_address=http://127.0.0.1:{free_port()}"
+    for door in ("grpc_inference_port", "grpc_management_port"):
+        config_text = re.sub(rf"(?m)^\s*{door}\s*=.*$", "", config_text)
+        config_text += f"\n{door}={free_port()}"
+    return config_text + "\n"
 
 
 @contextmanager
@@ -155,65 +403,32 @@ def private_server(
     workdir: Path,
     config_text: str | None = None,
     worker_environment: Mapping[str, str] = WORKER_ENVIRONMENT,
+    isolated: bool = True,
     timeout_s: float = 300,
 ) -> Iterator[RunningServer]:
-    """A TorchServe of its own (TMPDIR, ports, logs) serving ``models``; always stopped.
-    Its workers get ``worker_environment``, as ``make serve`` gives them."""
-    config_text = config_text or (REPO_ROOT / "config.properties").read_text()
-    config_text = config_with_free_ports(config_text)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tmp").mkdir(exist_ok=True)
-    config_file = workdir / "config.properties"
-    config_file.write_text(config_text)
-    env = {
-        **os.environ,
-        **worker_environment,
-        "TMPDIR": str(workdir / "tmp"),
-        "LOG_LOCATION": str(workdir / "logs"),
-        "METRICS_LOCATION": str(workdir / "logs"),
-    }
-    command = [
-        torchserve_executable(),
-        "--start",
-        "--foreground",
-        "--ncs",
-        "--model-store",
-        str(model_store),
-        "--models",
-        *[f"{m}={m}.mar" for m in models],
-        "--ts-config",
-        str(config_file),
-    ]
-    output = open(workdir / "torchserve.out", "wb")  # noqa: SIM115 (closed in finally)
-    process = subprocess.Popen(
-        command,
-        cwd=workdir,
-        env=env,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    """A TorchServe of its own (folder, namespace, free ports) serving ``models`` (archive
+    names in ``model_store``), as ``make serve`` runs one; always stopped."""
+    config_text = config_with_free_ports(
+        config_text or (REPO_ROOT / "config.properties").read_text()
     )
-    server = RunningServer(Endpoints.from_config(config_text), workdir, process)
+    folder = ServerFolder(workdir / "run")
+    server = start_server(
+        model_store,
+        [f"{m}={m}.mar" for m in models],
+        folder,
+        config_text,
+        worker_environment=worker_environment,
+        isolated=isolated,
+    )
     try:
         wait_until_ready(
             server.endpoints.management,
             models,
             timeout_s=timeout_s,
             log_file=server.log_file,
-            process=process,
+            process=server.process,
         )
         yield server
     finally:
-        _stop(process)
-        output.close()
-
-
-def _stop(process: subprocess.Popen, grace_s: float = 20) -> None:
-    """TERM the whole process group (frontend and Python workers), then KILL stragglers."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            process.wait(grace_s)
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(5)
+        stop_server(server.state, drain_s=10, exit_s=30)
+        server.process.wait(10)

@@ -37,6 +37,7 @@ class FakeContext:
         self.headers: list[dict[str, Any]] = []
         self.statuses: dict[int, tuple[int, str]] = {}
         self.content_types: dict[int, str] = {}
+        self.response_headers: dict[int, dict[str, str]] = {}
 
     def get_all_request_header(self, idx: int) -> dict[str, Any]:
         return self.headers[idx] if idx < len(self.headers) else {}
@@ -46,6 +47,9 @@ class FakeContext:
 
     def set_response_content_type(self, idx: int, value: str) -> None:
         self.content_types[idx] = value
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.response_headers.setdefault(idx, {})[key] = value
 
 
 def unpacked_model_dir(build_dir: Path, name: str, target: Path) -> Path:

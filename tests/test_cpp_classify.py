@@ -8,6 +8,7 @@ compiles only what changed. A missing compiler or library fails the fixture with
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -20,12 +21,12 @@ import pytest
 import torch
 from image_decoding import decode_rgb
 from PIL import Image
+from serving_schema import HandlerSettings, Preprocessing
 from torchvision.transforms import functional as F
 
 from resnet_mar.export import PREPROCESSING_FILE, export_torchscript, prepare_for_inference
-from resnet_mar.serving_settings import MAX_IMAGE_PIXELS
-from resnet_mar.weights import STANDARD_IMAGENET, Preprocessing, load_weights
-from tests.conftest import REPO_ROOT
+from resnet_mar.torchserve import REPO_ROOT
+from resnet_mar.weights import STANDARD_IMAGENET, load_weights, reference_transforms
 from tests.odd_images import VALID_NAMES, broken_inputs, encode, small_photo, valid_images
 from tests.reference import reference_answer
 
@@ -78,6 +79,12 @@ def load_model(path: Path) -> torch.jit.ScriptModule:
     return torch.jit.load(str(path), map_location="cpu").eval()
 
 
+#: The handler's pixel limit, as the schema states it.
+MAX_IMAGE_PIXELS = next(
+    f.default for f in dataclasses.fields(HandlerSettings) if f.name == "max_image_pixels"
+)
+
+
 def labels_of(model_file: Path) -> dict[str, str]:
     """The label map the build wrote for ``model_file``."""
     return json.loads((model_file.with_suffix("") / "index_to_name.json").read_text())
@@ -110,7 +117,7 @@ def assert_matches_reference(
         load_model(model_file),
         labels_of(model_file),
         picture,
-        transforms=preprocessing.to_transforms(),
+        transforms=reference_transforms(preprocessing),
     )
     assert list(answer) == list(expected), f"labels differ: {answer} vs {expected}"
     for label, probability in expected.items():
@@ -185,9 +192,9 @@ def test_every_exif_orientation(
     "preprocessing",
     [
         Preprocessing(232, 224, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "bilinear"),
-        Preprocessing(200, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear"),
+        Preprocessing(240, 200, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear"),
     ],
-    ids=["resize232", "crop-larger-than-resize"],
+    ids=["resize232", "crop200"],
 )
 def test_the_preprocessing_comes_from_the_model_file(
     classify: Path,
@@ -196,8 +203,8 @@ def test_the_preprocessing_comes_from_the_model_file(
     preprocessing: Preprocessing,
     tmp_path: Path,
 ) -> None:
-    """Another resize, mean and std (resnet50's V2 weights resize to 232), and a crop larger
-    than the resized picture, which torchvision pads with black."""
+    """Another resize, mean and std (resnet50's V2 weights resize to 232), and another crop:
+    both travel inside the model file."""
     model_file = tmp_path / "custom.pt"
     eager = prepare_for_inference(load_weights("resnet18", "none").model)
     export_torchscript(eager, model_file, preprocessing)
@@ -295,7 +302,7 @@ def test_broken_images_are_refused_with_a_message(
 
 def write_module_with_preprocessing(module: torch.nn.Module, path: Path) -> Path:
     """A TorchScript file that carries preprocessing.json but is no image classifier."""
-    extra_files = {PREPROCESSING_FILE: json.dumps(STANDARD_IMAGENET.as_dict())}
+    extra_files = {PREPROCESSING_FILE: json.dumps(dataclasses.asdict(STANDARD_IMAGENET))}
     torch.jit.save(torch.jit.script(module), str(path), _extra_files=extra_files)
     return path
 

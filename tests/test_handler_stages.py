@@ -280,3 +280,22 @@ def test_torchserve_finds_the_handler_class_as_its_entry_point() -> None:
     handle, initialize = TsModelLoader()._get_class_entry_point(resnet_handler)
     assert isinstance(handle.__self__, ResNetClassifierHandler)
     assert initialize.__self__ is handle.__self__
+
+
+def test_grpc_calls_are_told_their_answer_ends_the_stream(handler_and_context, photo_bytes):
+    """gRPC requests (no HTTP header, or only TorchServe's sequence keys) get ts_stream_next
+    false, which keeps StreamPredictions from killing the worker; REST requests never do."""
+    handler, context = handler_and_context
+    photo = photo_bytes["coffee"]
+    context.headers = [
+        {"Content-Length": "5", "explain": "False", "body": {"content-type": "image/png"}},
+        {"data": {"content-type": ""}},
+        {"ts_request_sequence_id": "s1", "ts_request_sequence_end": "true"},
+    ]
+    context.statuses, context.response_headers = {}, {}
+    answers = handler.handle([{"body": photo}, {"data": photo}, {"data": photo}], context)
+    assert all(len(answer) == 5 for answer in answers)
+    assert context.response_headers == {
+        1: {"ts_stream_next": "false"},
+        2: {"ts_stream_next": "false"},
+    }

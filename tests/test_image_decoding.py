@@ -7,6 +7,7 @@ module under test.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import struct
 import time
@@ -18,6 +19,7 @@ from image_decoding import decode_rgb
 from input_errors import BadInput
 from PIL import Image, ImageFile
 from request_payload import extract_payload
+from serving_schema import HandlerSettings
 
 from tests.odd_images import (
     BROKEN_NAMES,
@@ -29,7 +31,10 @@ from tests.odd_images import (
     valid_images,
 )
 
-MAX_PIXELS = 50_000_000  # the handler's default (handler_settings.py)
+#: The handler's default pixel limit, as the schema states it.
+MAX_PIXELS = next(
+    f.default for f in dataclasses.fields(HandlerSettings) if f.name == "max_image_pixels"
+)
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 LOSSLESS = {
     name

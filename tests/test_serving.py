@@ -69,8 +69,8 @@ def predict(server: RunningServer, path: str, body: bytes, **kwargs) -> requests
 def worker_pids(server: RunningServer) -> dict[str, list[int]]:
     pids = {}
     for name in MODELS:
-        described = requests.get(f"{server.endpoints.management}/models/{name}", timeout=10)
-        pids[name] = sorted(w["pid"] for m in described.json() for w in m["workers"])
+        _, described = server.management("GET", f"/models/{name}")
+        pids[name] = sorted(w["pid"] for m in described for w in m["workers"])
     return pids
 
 
@@ -92,9 +92,9 @@ def test_ping_and_models(server: RunningServer, pids_at_start) -> None:
     assert requests.get(f"{server.endpoints.inference}/ping", timeout=10).json() == {
         "status": "Healthy"
     }
-    listed = requests.get(f"{server.endpoints.management}/models", timeout=10).json()
+    _, listed = server.management("GET", "/models")
     assert sorted(m["modelName"] for m in listed["models"]) == sorted(MODELS)
-    described = requests.get(f"{server.endpoints.management}/models/resnet50", timeout=10).json()
+    _, described = server.management("GET", "/models/resnet50")
     assert described[0]["modelVersion"] == VERSION
     assert described[0]["batchSize"] >= 4
     assert [w["status"] for w in described[0]["workers"]] == ["READY"]
