@@ -1,4 +1,5 @@
-"""A small closed-loop HTTP load generator for ``PUT /predictions/<model>``.
+"""A small closed-loop HTTP load generator: ``PUT /predictions/<model>`` with JPEG bytes by default,
+any request a served protocol needs otherwise (:class:`HttpRequest`).
 
 Why not ``requests`` in threads, or locust: the client shares the machine's two cores with the
 server it measures, so every cycle it spends is taken from the server. This one is one asyncio
@@ -19,7 +20,8 @@ One point runs in three phases:
   idle server.
 
 Errors count over all three phases: any status other than 200, a dropped connection, or no
-answer within ``timeout_s``.
+answer within ``timeout_s``. A response framed by ``Content-Length`` or by chunks keeps its
+connection; one with ``Connection: close`` is read to its end and the client reconnects.
 """
 
 from __future__ import annotations
@@ -32,11 +34,78 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
-#: Percentiles reported for every point.
-PERCENTILES = (50, 90, 99)
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One request as a served protocol shapes it. The client adds ``Host``, ``Content-Length``
+    and keep-alive, so that a protocol variant (another path, a JSON body) is only data."""
+
+    method: str
+    path: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def encode(self, host: str, port: int) -> bytes:
+        """The bytes on the wire, built once per point (not per request: the client's CPU is
+        taken from the server it measures)."""
+        lines = [
+            f"{self.method} {self.path} HTTP/1.1",
+            f"Host: {host}:{port}",
+            *(f"{name}: {value}" for name, value in self.headers),
+            f"Content-Length: {len(self.body)}",
+            "Connection: keep-alive",
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + self.body
+
+
+def jpeg_predictions(model: str, photos: Sequence[bytes]) -> list[HttpRequest]:
+    """TorchServe's own inference API: the raw JPEG bytes as the body of
+    ``PUT /predictions/<model>``, one request per photo."""
+    headers = (("Content-Type", "image/jpeg"),)
+    return [HttpRequest("PUT", f"/predictions/{model}", photo, headers) for photo in photos]
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds from sending a request to its whole answer, over a window's good answers
+    (NaN when there were none)."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+
+    @classmethod
+    def of(cls, sorted_ms: Sequence[float]) -> Latency:
+        """Nearest-rank percentiles (an observed latency, never an interpolated one)."""
+        mean = statistics.fmean(sorted_ms) if sorted_ms else float("nan")
+        return cls(*(percentile(sorted_ms, p) for p in (50, 90, 99)), mean)
+
+
+@dataclass(frozen=True)
+class LoadPoint:
+    """One measured point: ``concurrency`` closed-loop clients for one window. ``requests``
+    counts the good answers inside the window, ``errors`` the failures of all phases."""
+
+    concurrency: int
+    window_s: float
+    warmup_s: float
+    requests: int
+    throughput_rps: float
+    latency_ms: Latency
+    errors: int
+    error_kinds: dict[str, int]
+    client_cpu_s: float
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of already sorted values (NaN for none)."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), math.ceil(pct / 100 * len(sorted_values))))
+    return sorted_values[rank - 1]
 
 
 @dataclass
@@ -58,49 +127,6 @@ class _Record:
     status: int
 
 
-@dataclass(frozen=True)
-class LoadPoint:
-    """One measured point: ``concurrency`` closed-loop clients for one window."""
-
-    concurrency: int
-    window_s: float
-    warmup_s: float
-    requests: int
-    throughput_rps: float
-    latency_ms: dict[str, float]
-    errors: int
-    error_kinds: dict[str, int]
-    client_cpu_s: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "concurrency": self.concurrency,
-            "window_s": round(self.window_s, 3),
-            "warmup_s": round(self.warmup_s, 3),
-            "requests": self.requests,
-            "throughput_rps": round(self.throughput_rps, 3),
-            "latency_ms": {k: round(v, 2) for k, v in self.latency_ms.items()},
-            "errors": self.errors,
-            "error_kinds": self.error_kinds,
-            "client_cpu_s": round(self.client_cpu_s, 3),
-        }
-
-
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of already sorted values (NaN for none)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), math.ceil(pct / 100 * len(sorted_values))))
-    return sorted_values[rank - 1]
-
-
-def _request_head(host: str, port: int, path: str, body_len: int) -> bytes:
-    return (
-        f"PUT {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/jpeg\r\n"
-        f"Content-Length: {body_len}\r\nConnection: keep-alive\r\n\r\n"
-    ).encode("ascii")
-
-
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     """One HTTP/1.1 response: its status and whether the server keeps the connection open.
     The body is read (and dropped) so that the next response starts where it should."""
@@ -111,34 +137,41 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
         name.strip().lower(): value.strip()
         for name, _, value in (line.partition(":") for line in lines[1:] if line)
     }
-    if "content-length" in headers:
-        await reader.readexactly(int(headers["content-length"]))
-    elif headers.get("transfer-encoding", "").lower() == "chunked":
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
     keep_alive = headers.get("connection", "").lower() != "close"
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        await _read_chunks(reader)
+    elif "content-length" in headers:
+        await reader.readexactly(int(headers["content-length"]))
+    elif not keep_alive:
+        await reader.read()  # the body ends where the server closes the connection
     return status, keep_alive
+
+
+async def _read_chunks(reader: asyncio.StreamReader) -> None:
+    """A chunked body: each chunk's size line (extensions after ``;`` ignored), its data and
+    CRLF; after the last (size 0), trailer lines up to an empty one."""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            break
+        await reader.readexactly(size + 2)
+    while await reader.readuntil(b"\r\n") != b"\r\n":
+        pass
 
 
 async def _client(
     index: int,
     shared: _Shared,
-    url: str,
-    path: str,
-    payloads: Sequence[bytes],
+    address: tuple[str, int],
+    wire: Sequence[bytes],
     timeout_s: float,
     records: list[_Record],
     failures: dict[str, int],
 ) -> None:
     """One closed-loop client on its own keep-alive connection; reconnects after a drop."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    heads = [_request_head(host, port, path, len(body)) for body in payloads]
-    # Clients start at different photos so that a batch holds a mix of them.
-    order = itertools.islice(itertools.cycle(range(len(payloads))), index % len(payloads), None)
+    host, port = address
+    # Clients start at different requests so that a batch holds a mix of them.
+    order = itertools.islice(itertools.cycle(range(len(wire))), index % len(wire), None)
     writer: asyncio.StreamWriter | None = None
     try:
         for which in order:
@@ -148,8 +181,7 @@ async def _client(
             try:
                 if writer is None:
                     reader, writer = await asyncio.open_connection(host, port)
-                writer.write(heads[which])
-                writer.write(payloads[which])
+                writer.write(wire[which])
                 status, keep_alive = await asyncio.wait_for(_read_response(reader), timeout_s)
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as err:
                 kind = type(err).__name__
@@ -170,8 +202,7 @@ async def _client(
 
 async def _run_point(
     url: str,
-    model: str,
-    payloads: Sequence[bytes],
+    requests: Sequence[HttpRequest],
     concurrency: int,
     *,
     duration_s: float,
@@ -182,11 +213,12 @@ async def _run_point(
     shared = _Shared(concurrency)
     records: list[_Record] = []
     failures: dict[str, int] = {}
+    parts = urlsplit(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or 80)
+    wire = [request.encode(*address) for request in requests]
     began = time.perf_counter()
     tasks = [
-        asyncio.create_task(
-            _client(i, shared, url, f"/predictions/{model}", payloads, timeout_s, records, failures)
-        )
+        asyncio.create_task(_client(i, shared, address, wire, timeout_s, records, failures))
         for i in range(concurrency)
     ]
     await asyncio.sleep(warmup_s)
@@ -210,15 +242,13 @@ async def _run_point(
     for record in errors:
         if record.status:
             kinds[f"HTTP {record.status}"] = kinds.get(f"HTTP {record.status}", 0) + 1
-    latency = {f"p{p}": percentile(good, p) for p in PERCENTILES}
-    latency["mean"] = statistics.fmean(good) if good else float("nan")
     return LoadPoint(
         concurrency=concurrency,
         window_s=window,
         warmup_s=shared.window_start - began,
         requests=len(good),
         throughput_rps=len(good) / window,
-        latency_ms=latency,
+        latency_ms=Latency.of(good),
         errors=len(errors),
         error_kinds=kinds,
         client_cpu_s=cpu_window,
@@ -227,8 +257,7 @@ async def _run_point(
 
 def run_point(
     url: str,
-    model: str,
-    payloads: Sequence[bytes],
+    requests: Sequence[HttpRequest],
     concurrency: int,
     *,
     duration_s: float = 10.0,
@@ -236,14 +265,14 @@ def run_point(
     max_warmup_s: float = 40.0,
     timeout_s: float = 120.0,
 ) -> LoadPoint:
-    """Measure one point against ``url`` (the inference address); see the module docstring."""
-    if not payloads:
-        raise ValueError("run_point needs at least one payload")
+    """Measure one point against ``url`` (the inference address), the clients cycling through
+    ``requests``; see the module docstring."""
+    if not requests:
+        raise ValueError("run_point needs at least one request")
     return asyncio.run(
         _run_point(
             url,
-            model,
-            payloads,
+            requests,
             concurrency,
             duration_s=duration_s,
             warmup_s=warmup_s,

@@ -1,0 +1,5 @@
+import sys
+
+from resnet_mar.bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,105 @@
+"""Building and archiving what the setups serve: our archives (``archive.sh``, as ``make
+archive`` packs them) and the stock archives of the same serialized files."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from resnet_mar.bench.progress import progress
+from resnet_mar.build import BuildRequest, build_model
+from resnet_mar.export import EXPORTERS, JIT_DEPRECATION
+from resnet_mar.torchserve import REPO_ROOT
+from resnet_mar.weights import UNTRAINED
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where one run keeps its builds, archives and server folders (rewritten every run).
+
+    ``root`` must be absolute: TorchServe runs in its server folder and resolves paths there."""
+
+    root: Path
+
+    def build(self, model_format: str) -> Path:
+        return self.root / model_format / "build"
+
+    def store(self, archive: str, model_format: str) -> Path:
+        """The model store of our archives (``archive`` "ours") or the stock ones."""
+        if archive == "stock":
+            return self.root / "stock" / model_format / "model_store"
+        return self.root / model_format / "model_store"
+
+    def server(self, label: str) -> Path:
+        return self.root / "servers" / label
+
+    def clean(self) -> None:
+        """Remove what an earlier run left (only the folders this class names)."""
+        for folder in (*EXPORTERS, "stock", "servers"):
+            shutil.rmtree(self.root / folder, ignore_errors=True)
+
+
+def build_and_archive(work: Workspace, model_format: str, models: list[str]) -> dict[str, Path]:
+    """Build each model as ``make script`` does (weights none, served alone: all cores) and pack
+    our archive with ``archive.sh``; the serialized file of each model is returned."""
+    files = {}
+    for name in models:
+        progress(f"building {name} ({model_format}, untrained weights, served alone)")
+        request = BuildRequest(architecture=name, weights=UNTRAINED, model_format=model_format)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=JIT_DEPRECATION)
+            files[name] = build_model(request, work.build(model_format)).model_file
+    progress(f"archiving {', '.join(models)} ({model_format}) with archive.sh")
+    run_quietly(
+        [
+            str(REPO_ROOT / "archive.sh"),
+            "-b",
+            str(work.build(model_format)),
+            "-s",
+            str(work.store("ours", model_format)),
+            *models,
+        ]
+    )
+    return files
+
+
+def archive_stock(work: Workspace, model_format: str, models: list[str]) -> None:
+    """The stock setup: the same serialized file and label map, TorchServe's own handler,
+    no model-config (so TorchServe's defaults decide workers and batching)."""
+    store = work.store("stock", model_format)
+    store.mkdir(parents=True, exist_ok=True)
+    archiver = Path(sys.executable).with_name("torch-model-archiver")
+    suffix = EXPORTERS[model_format][0]
+    for name in models:
+        progress(f"archiving {name} for the stock setup (--handler image_classifier)")
+        run_quietly(
+            [
+                str(archiver),
+                "--model-name",
+                name,
+                "--version",
+                "1.0",
+                "--serialized-file",
+                str(work.build(model_format) / f"{name}{suffix}"),
+                "--handler",
+                "image_classifier",
+                "--extra-files",
+                str(work.build(model_format) / name / "index_to_name.json"),
+                "--export-path",
+                str(store),
+                "--force",
+            ]
+        )
+
+
+def run_quietly(command: list[str]) -> None:
+    """Run a tool; on failure, raise with its output (a broken run must not look like a result)."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command)} exited with {done.returncode}:\n{done.stdout}{done.stderr}"
+        )

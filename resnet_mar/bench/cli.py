@@ -1,0 +1,156 @@
+"""``python -m resnet_mar.bench``: one run, in the order its measurements must happen, then its
+outputs (``bench.json``, ``report.md``, ``bench.png``) and the headline on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import resnet_mar.bench
+from resnet_mar.bench.archives import Workspace, archive_stock, build_and_archive
+from resnet_mar.bench.inputs import photo_payloads, size_test_payloads
+from resnet_mar.bench.limit import (
+    in_process_limit,
+    limit_again,
+    preprocessed_photos,
+    preprocessing_cost,
+)
+from resnet_mar.bench.machine import load_average, machine, versions
+from resnet_mar.bench.plot import plot
+from resnet_mar.bench.progress import elapsed_s, progress
+from resnet_mar.bench.report import render, summary
+from resnet_mar.bench.results import ModelResults, Results, Settings
+from resnet_mar.bench.served import LoadSettings, measure_setup
+from resnet_mar.bench.setups import ServedSetup, served_setups
+from resnet_mar.bench.targets import headline
+from resnet_mar.export import EXPORTERS
+
+MODELS = ("resnet18", "resnet50")
+CONCURRENCIES = (1, 4, 16, 64)
+
+
+def run(args: argparse.Namespace) -> Results:
+    """Every build and in-process limit first, while no server runs; then each served setup in
+    :func:`served_setups`' order, a format's limit measured again right after the setups that
+    ask for it (the machine's speed drifts meanwhile)."""
+    formats = ["torchscript"] + [f for f in args.formats if f in EXPORTERS and f != "torchscript"]
+    setups = served_setups(formats)
+    work = Workspace(args.work.resolve())
+    work.clean()
+    load = LoadSettings(tuple(args.concurrency), args.duration, args.warmup)
+    results = Results(
+        started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        machine=machine(),
+        versions=versions(),
+        load_start=load_average(),
+        settings=Settings(tuple(formats), load.concurrencies, load.duration_s, load.warmup_s),
+        models={name: ModelResults() for name in args.models},
+    )
+    progress(f"load average {results.load_start}; formats: {', '.join(formats)}")
+    payloads = photo_payloads()
+    photos = preprocessed_photos(payloads)
+    sizes = size_test_payloads()
+
+    files = {fmt: prepare(work, fmt, setups, results, payloads, photos) for fmt in formats}
+    for setup in setups:
+        measured = measure_setup(setup, work, list(args.models), payloads, load, sizes)
+        for name, served in measured.models.items():
+            results.models[name].served[setup.label] = served
+        if measured.all_busy:
+            results.all_busy[setup.label] = measured.all_busy
+        if setup.limit_again:
+            measure_limits_again(results, setup.model_format, files[setup.model_format], photos)
+
+    results.load_end = load_average()
+    results.wall_time_s = round(elapsed_s(), 1)
+    return results
+
+
+def prepare(
+    work: Workspace,
+    fmt: str,
+    setups: list[ServedSetup],
+    results: Results,
+    payloads: list[bytes],
+    photos: torch.Tensor,
+) -> dict[str, Path]:
+    """Build and archive every model in ``fmt`` (ours, and stock if a setup serves it), then
+    measure each file's in-process limit, and the preprocessing cost (once, with TorchScript's
+    model-config). Returns each model's serialized file."""
+    models = list(results.models)
+    files = build_and_archive(work, fmt, models)
+    if any(s.archive == "stock" and s.model_format == fmt for s in setups):
+        archive_stock(work, fmt, models)
+    for name, model_file in files.items():
+        if fmt == "torchscript":
+            config = work.build(fmt) / name / "model-config.yaml"
+            cost = results.models[name].preprocessing_ms = preprocessing_cost(config, payloads)
+            progress(f"{name}: exact preprocessing costs {cost:.2f} ms of CPU per photo")
+        progress(f"{name}: in-process limit of {model_file.name}")
+        results.models[name].in_process[fmt] = in_process_limit(model_file, fmt, photos)
+    return files
+
+
+def measure_limits_again(
+    results: Results, fmt: str, files: dict[str, Path], photos: torch.Tensor
+) -> None:
+    """Each model's limit in ``fmt`` again, at its best batch and layout, into its results."""
+    for name, model_file in files.items():
+        model = results.models[name]
+        first = model.in_process[fmt]
+        after = limit_again(model_file, fmt, photos, first)
+        model.in_process[fmt] = replace(first, limit_after_img_per_s=after)
+        progress(
+            f"{name}: in-process limit of {model_file.name} again: "
+            f"{after:.1f} img/s (first {first.limit_img_per_s:.1f})"
+        )
+
+
+def write_outputs(results: Results, out: Path) -> None:
+    """``bench.json`` (with the headline as checked now), ``report.md`` and ``bench.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    document = results.to_json(headline(results))
+    (out / "bench.json").write_text(json.dumps(document, indent=2) + "\n")
+    (out / "report.md").write_text(render(results))
+    plot(results, out / "bench.png")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="python -m resnet_mar.bench",
+        description=resnet_mar.bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    root.add_argument("--out", type=Path, default=Path("results/bench"))
+    root.add_argument(
+        "--work",
+        type=Path,
+        default=Path("build/bench"),
+        help="builds, archives and server logs of the run (rewritten)",
+    )
+    root.add_argument("--models", nargs="+", default=list(MODELS))
+    root.add_argument(
+        "--formats",
+        nargs="*",
+        default=["onnx"],
+        help="formats served besides torchscript (skipped when the toolkit does not export "
+        "them); none: torchscript alone",
+    )
+    root.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCIES))
+    root.add_argument("--duration", type=float, default=10.0, help="seconds per point")
+    root.add_argument("--warmup", type=float, default=2.0, help="minimum warm-up per point")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    results = run(args)
+    write_outputs(results, args.out)
+    progress(f"wrote {args.out}/report.md, bench.json, bench.png")
+    print("\n".join(summary(results)))
+    return 0

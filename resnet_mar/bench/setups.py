@@ -1,0 +1,98 @@
+"""What the benchmark serves, as data: each served setup is a :class:`ServedSetup`.
+
+A new setup (another format, the same archive behind another protocol, fewer client counts) is
+one more entry in :func:`served_setups`; the code that archives, serves and measures reads these
+fields and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from resnet_mar.load_client import HttpRequest, jpeg_predictions
+from resnet_mar.worker_environment import WORKER_ENVIRONMENT
+
+#: The headline compares every setup at this many clients; all-busy runs it per model.
+HEADLINE_CONCURRENCY = 16
+#: The stock setup's label; ours are ``ours-<format>`` (:func:`ours`).
+STOCK = "stock"
+
+#: TorchServe's defaults, but for what a benchmark on a shared machine must change: loopback
+#: addresses (moved to free ports by ``private_server``) and no token (requests carry none).
+STOCK_CONFIG = """\
+inference_address=http://127.0.0.1:8080
+management_address=http://127.0.0.1:8081
+metrics_address=http://127.0.0.1:8082
+disable_token_authorization=true
+"""
+
+#: How a setup's clients ask for one model: its name and the photos -> the requests they cycle.
+RequestShape = Callable[[str, Sequence[bytes]], list[HttpRequest]]
+
+
+@dataclass(frozen=True)
+class ServedSetup:
+    """One way of serving the models, measured at every concurrency of the run.
+
+    ``archive`` says which archive of ``model_format`` is served: ``ours`` (archive.sh: our
+    handler and model-config.yaml) or ``stock`` (the same serialized file behind TorchServe's
+    ``image_classifier``, no model-config). ``config_text`` None is the project's
+    config.properties."""
+
+    label: str
+    model_format: str
+    archive: Literal["ours", "stock"]
+    config_text: str | None
+    worker_environment: Mapping[str, str]
+    #: All models from one server, as ``make serve`` runs them (each measured while the others
+    #: idle), or one server per model.
+    together: bool
+    requests: RequestShape = jpeg_predictions
+    #: None: the run's concurrencies.
+    concurrencies: tuple[int, ...] | None = None
+    #: Time a 12-megapixel JPEG against a 0.3-megapixel one at concurrency 1.
+    jpeg_sizes: bool = False
+    #: Load every model of the (shared) server at once, after the sweep.
+    all_busy: bool = False
+    #: Measure the format's in-process limit again right after this setup.
+    limit_again: bool = False
+
+
+def ours(model_format: str) -> str:
+    """The label of our setup serving ``model_format``."""
+    return f"ours-{model_format}"
+
+
+def served_setups(formats: Sequence[str]) -> list[ServedSetup]:
+    """The setups of a run, in the order they are measured and reported: ours for each format,
+    and the stock setup right after ours-torchscript (it serves the same ``.pt``, each model
+    alone with TorchServe's defaults: the kindest case for it)."""
+    setups = []
+    for fmt in formats:
+        setups.append(
+            ServedSetup(
+                label=ours(fmt),
+                model_format=fmt,
+                archive="ours",
+                config_text=None,
+                worker_environment=WORKER_ENVIRONMENT,
+                together=True,
+                jpeg_sizes=fmt == "torchscript",
+                all_busy=True,
+                limit_again=True,
+            )
+        )
+        if fmt == "torchscript":
+            setups.append(
+                ServedSetup(
+                    label=STOCK,
+                    model_format=fmt,
+                    archive="stock",
+                    config_text=STOCK_CONFIG,
+                    worker_environment={},
+                    together=False,
+                )
+            )
+    return setups

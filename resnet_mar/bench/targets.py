@@ -1,0 +1,157 @@
+"""The headline: the project's targets (issue 4), as data, checked against a run's results.
+
+A :class:`Target` names its check, the figure it measures, a threshold with its direction, and
+the formats and models it applies to (every one the run measured, unless it names some). Each
+applicable (model, format) gives one row, and a figure the run did not measure gives a FAIL row
+that says so: a broken measurement must not look like a target that needs no checking.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from resnet_mar.bench.results import HeadlineRow, ModelResults, Results, ServedPoint
+from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, STOCK, ours
+
+#: A target's figure for one model and format, or None when the run did not measure it.
+Measure = Callable[[Results, str, str], float | None]
+
+NOT_MEASURED = "not measured"
+
+_COMPARE = {">=": operator.ge, "<=": operator.le, "==": operator.eq}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target. ``check`` is the row's title: ``{c}`` stands for the headline concurrency,
+    ``{fmt}`` for the format, ``{max_c}`` for the run's largest concurrency."""
+
+    check: str
+    measure: Measure
+    direction: Literal[">=", "<=", "=="]
+    threshold: float
+    #: None: every format the run serves.
+    formats: tuple[str, ...] | None = None
+    #: None: every model the run measures.
+    models: tuple[str, ...] | None = None
+
+    @property
+    def target(self) -> str:
+        """As the headline shows it: ``>= 0.85``, ``<= 10.0``; an equality is the value alone."""
+        return (
+            str(self.threshold) if self.direction == "==" else f"{self.direction} {self.threshold}"
+        )
+
+    def applies(self, model: str, model_format: str) -> bool:
+        return (self.formats is None or model_format in self.formats) and (
+            self.models is None or model in self.models
+        )
+
+    def row(self, results: Results, model: str, model_format: str) -> HeadlineRow:
+        check = self.check.format(
+            c=HEADLINE_CONCURRENCY, fmt=model_format, max_c=max(results.settings.concurrencies)
+        )
+        value = self.measure(results, model, model_format)
+        if value is None:
+            return HeadlineRow(check, model, None, self.target, False)
+        passed = _COMPARE[self.direction](value, self.threshold)
+        return HeadlineRow(check, model, round(value, 3), self.target, bool(passed))
+
+
+def _served_at(model: ModelResults, label: str, concurrency: int) -> ServedPoint | None:
+    served = model.served.get(label)
+    return served.at(concurrency) if served else None
+
+
+def served_over_limit(results: Results, name: str, fmt: str) -> float | None:
+    """Throughput served at the headline concurrency over the in-process limit of that file."""
+    model = results.models[name]
+    point = _served_at(model, ours(fmt), HEADLINE_CONCURRENCY)
+    limit = model.in_process.get(fmt)
+    if point is None or limit is None:
+        return None
+    return point.load.throughput_rps / limit.limit_img_per_s
+
+
+def c1_overhead_ms(results: Results, name: str, fmt: str) -> float | None:
+    """What serving adds to one image: p50 at one client minus the in-process batch-1 latency."""
+    model = results.models[name]
+    point = _served_at(model, ours(fmt), 1)
+    limit = model.in_process.get(fmt)
+    if point is None or limit is None:
+        return None
+    return point.load.latency_ms.p50 - limit.batch1_latency_ms
+
+
+def errors(results: Results, name: str, fmt: str) -> float | None:
+    """Failed requests at every concurrency, and while every model of the server was busy."""
+    served = results.models[name].served.get(ours(fmt))
+    if served is None or not served.points:
+        return None
+    busy = results.all_busy.get(ours(fmt))
+    busy_model = busy.models.get(name) if busy else None
+    return sum(p.load.errors for p in served.points) + (busy_model.load.errors if busy_model else 0)
+
+
+def ours_over_stock(results: Results, name: str, fmt: str) -> float | None:
+    """Our throughput over the stock setup's, both serving ``fmt``, at the headline concurrency."""
+    model = results.models[name]
+    ours_point = _served_at(model, ours(fmt), HEADLINE_CONCURRENCY)
+    stock_point = _served_at(model, STOCK, HEADLINE_CONCURRENCY)
+    if ours_point is None or stock_point is None:
+        return None
+    return ours_point.load.throughput_rps / stock_point.load.throughput_rps
+
+
+def over_torchscript(results: Results, name: str, fmt: str) -> float | None:
+    """Our served throughput in ``fmt`` over ours in TorchScript, at the headline concurrency."""
+    model = results.models[name]
+    point = _served_at(model, ours(fmt), HEADLINE_CONCURRENCY)
+    torchscript = _served_at(model, ours("torchscript"), HEADLINE_CONCURRENCY)
+    if point is None or torchscript is None:
+        return None
+    return point.load.throughput_rps / torchscript.load.throughput_rps
+
+
+#: Targets checked for each served format, format by format.
+FORMAT_TARGETS = (
+    Target("served c{c} / in-process limit ({fmt})", served_over_limit, ">=", 0.85),
+    Target("p50 c1 - in-process batch-1 latency, ms ({fmt})", c1_overhead_ms, "<=", 10.0),
+    Target("errors, c <= {max_c} ({fmt})", errors, "==", 0),
+)
+#: Targets comparing one setup with another, after a model's format targets.
+COMPARISON_TARGETS = (
+    Target("ours / stock throughput at c{c}", ours_over_stock, ">=", 4.0, formats=("torchscript",)),
+    Target(
+        "served {fmt} / served torchscript at c{c}",
+        over_torchscript,
+        ">=",
+        1.5,
+        formats=("onnx",),
+    ),
+)
+
+
+def headline(results: Results) -> list[HeadlineRow]:
+    """One row per target and (model, format) it applies to, grouped by model."""
+    formats = results.settings.formats
+    rows = []
+    for model in results.models:
+        for fmt in formats:
+            rows += [t.row(results, model, fmt) for t in FORMAT_TARGETS if t.applies(model, fmt)]
+        for target in COMPARISON_TARGETS:
+            rows += [
+                target.row(results, model, fmt) for fmt in formats if target.applies(model, fmt)
+            ]
+    return rows
+
+
+def shown(value: float | None) -> str:
+    """Counts as they are, ratios and milliseconds with three decimals (two would show a
+    0.849 that misses its 0.85 target as 0.85)."""
+    if value is None:
+        return NOT_MEASURED
+    return str(value) if isinstance(value, int) else f"{value:.3f}"

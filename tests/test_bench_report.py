@@ -1,0 +1,69 @@
+"""The benchmark's outputs from a stored run: report.md and the printed summary, byte for byte,
+and bench.json read back into the results without losing a figure.
+
+tests/data/bench_results.json holds the figures of the run in docs/benchmark/report.md (the
+last full ``make bench``); bench_report.md and bench_summary.txt are what it must render. A
+deliberate change to the report's text changes these files in the same commit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from resnet_mar.bench.report import markdown_table, render, summary
+from resnet_mar.bench.results import Results
+from resnet_mar.bench.targets import headline
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def stored_run() -> Results:
+    return Results.from_json(json.loads((DATA / "bench_results.json").read_text()))
+
+
+def test_report_of_a_stored_run(stored_run: Results) -> None:
+    assert render(stored_run) == (DATA / "bench_report.md").read_text()
+
+
+def test_summary_printed_at_the_end_of_a_run(stored_run: Results) -> None:
+    printed = "\n".join(summary(stored_run)) + "\n"
+    assert printed == (DATA / "bench_summary.txt").read_text()
+
+
+def test_bench_json_reads_back_and_writes_the_same_bytes(stored_run: Results) -> None:
+    """Every figure survives the dataclasses, and the headline checked again from them is the
+    one the file stored."""
+    text = (DATA / "bench_results.json").read_text()
+    assert json.dumps(stored_run.to_json(headline(stored_run)), indent=2) + "\n" == text
+
+
+def test_the_stored_headline_is_not_trusted(stored_run: Results) -> None:
+    """Reading a bench.json checks its targets again: a stored verdict cannot pass a figure."""
+    data = json.loads((DATA / "bench_results.json").read_text())
+    for row in data["headline"]:
+        row["passed"] = True
+    assert headline(Results.from_json(data)) == headline(stored_run)
+
+
+def test_markdown_table_aligns_number_columns_right() -> None:
+    assert markdown_table(["name", "img/s>"], [["a", "1.0"], ["b", 22]]) == [
+        "| name | img/s |",
+        "|---|---:|",
+        "| a | 1.0 |",
+        "| b | 22 |",
+    ]
+
+
+def test_a_limit_not_measured_again_says_so(stored_run: Results) -> None:
+    model = stored_run.models["resnet18"]
+    model.in_process["onnx"] = replace(model.in_process["onnx"], limit_after_img_per_s=None)
+    report = render(stored_run).splitlines()
+    assert "| resnet18 | onnx | 144.5 | batch 16, contiguous | 7.4 | 0.00 | not measured |" in (
+        report
+    )
+    assert not any(line.startswith("- resnet18: onnx limit measured again") for line in report)

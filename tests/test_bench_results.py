@@ -1,0 +1,120 @@
+"""The benchmark's results as data: what bench.json keeps, the arithmetic of derived figures,
+and the served setups a run measures."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from resnet_mar.bench.notes import attainable_img_per_s
+from resnet_mar.bench.results import (
+    InProcessLimit,
+    JpegPoint,
+    JpegSizes,
+    OtherLoad,
+    ServedModel,
+    ServedPoint,
+    point_from_json,
+    point_to_json,
+    stored,
+)
+from resnet_mar.bench.setups import STOCK_CONFIG, served_setups
+from resnet_mar.load_client import Latency, LoadPoint
+from resnet_mar.worker_environment import WORKER_ENVIRONMENT
+
+
+def raw_point(concurrency: int = 16) -> LoadPoint:
+    return LoadPoint(
+        concurrency=concurrency,
+        window_s=10.00049,
+        warmup_s=2.34567,
+        requests=963,
+        throughput_rps=96.29517,
+        latency_ms=Latency(163.2049, 178.0051, 232.4449, 165.9999),
+        errors=0,
+        error_kinds={},
+        client_cpu_s=0.123456,
+    )
+
+
+def test_stored_keeps_the_precision_of_bench_json() -> None:
+    point = stored(raw_point())
+    assert (point.window_s, point.warmup_s, point.throughput_rps, point.client_cpu_s) == (
+        10.0,
+        2.346,
+        96.295,
+        0.123,
+    )
+    assert point.latency_ms == Latency(163.2, 178.01, 232.44, 166.0)
+    assert point.requests == 963
+
+
+def test_a_point_reads_back_as_written_even_without_answers() -> None:
+    empty = stored(LoadPoint(1, 5.0, 1.0, 0, 0.0, Latency.of([]), 3, {"HTTP 503": 3}, 0.01))
+    again = point_from_json(json.loads(json.dumps(point_to_json(empty))))
+    assert again.error_kinds == {"HTTP 503": 3} and again.requests == 0
+    assert math.isnan(again.latency_ms.p50)  # bench.json has always written NaN for none
+
+
+def test_served_model_round_trip_and_lookup() -> None:
+    point = ServedPoint(stored(raw_point()), OtherLoad(0.01, 0.0))
+    sizes = JpegSizes(
+        JpegPoint("640x480", 82417, stored(raw_point(1))),
+        JpegPoint("4000x3000", 1136384, stored(raw_point(1))),
+        5.32,
+    )
+    model = ServedModel(21.5, (point,), sizes)
+    assert ServedModel.from_json(json.loads(json.dumps(model.to_json()))) == model
+    assert model.at(16) == point and model.at(64) is None
+    assert "jpeg_size" not in ServedModel(21.5, (point,)).to_json()
+
+
+def test_limit_batch_sizes_are_numbers_in_results_and_keys_in_json() -> None:
+    limit = InProcessLimit(
+        file="resnet18.pt",
+        threads=2,
+        img_per_s={"contiguous": {1: 74.4, 16: 95.5}, "channels_last": {1: 78.8, 16: 131.2}},
+        batch1_ms={"contiguous": 13.4, "channels_last": 12.6},
+        limit_img_per_s=131.2,
+        best_batch=16,
+        best_layout="channels_last",
+        batch1_latency_ms=12.6,
+        other=OtherLoad(0.01, 0.0),
+    )
+    data = limit.to_json()
+    assert data["img_per_s"]["channels_last"] == {"1": 78.8, "16": 131.2}
+    assert "limit_after_img_per_s" not in data  # not measured (yet)
+    assert InProcessLimit.from_json(json.loads(json.dumps(data))) == limit
+
+
+@pytest.mark.parametrize(
+    ("limit", "preprocessing_ms", "cores", "expected"),
+    [
+        (100.0, 0.0, 2, 100.0),  # free preprocessing: the limit itself
+        (100.0, 10.0, 2, 1 / (0.01 + 0.005)),  # 10 ms + 5 ms per image
+        (100.0, 10.0, 1, 50.0),  # one core pays all of it
+        (131.2, 1.93, 2, 116.456),  # resnet18 in docs/benchmark/report.md: "116.5 img/s"
+    ],
+)
+def test_attainable_img_per_s(
+    limit: float, preprocessing_ms: float, cores: int, expected: float
+) -> None:
+    assert attainable_img_per_s(limit, preprocessing_ms, cores) == pytest.approx(expected, abs=1e-3)
+
+
+def test_served_setups_in_measuring_order() -> None:
+    """The stock setup follows ours-torchscript (same .pt); only ours get the workers'
+    environment, the JPEG sizes (TorchScript), all-busy and the limit measured again."""
+    setups = served_setups(["torchscript", "onnx"])
+    assert [s.label for s in setups] == ["ours-torchscript", "stock", "ours-onnx"]
+    ours_ts, stock, ours_onnx = setups
+    assert stock.config_text == STOCK_CONFIG and stock.worker_environment == {}
+    assert (stock.archive, stock.model_format, stock.together) == ("stock", "torchscript", False)
+    assert ours_ts.worker_environment == WORKER_ENVIRONMENT and ours_ts.config_text is None
+    assert [s.jpeg_sizes for s in setups] == [True, False, False]
+    assert [s.all_busy and s.limit_again and s.together for s in setups] == [True, False, True]
+    assert ours_onnx.model_format == "onnx" and ours_onnx.archive == "ours"
+    requests = ours_ts.requests("resnet18", [b"jpeg"])
+    assert [(r.method, r.path) for r in requests] == [("PUT", "/predictions/resnet18")]
