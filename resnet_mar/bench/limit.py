@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from inference_protocols import read_request
 from model_runtimes import load_model
 from PIL import Image
-from resnet_handler import decode_image, model_input, read_request
+from resnet_handler import decode_image, model_input
 from serving_schema import ModelConfig
 
 from resnet_mar.bench.machine import cpu_counters, other_load
@@ -151,7 +152,9 @@ def preprocessing_cost(
             crops = [
                 decode_image(image, settings)
                 for body in bodies
-                for image in read_request({"body": body}, {}, settings, 1).images
+                for image in read_request(
+                    {"body": body}, {}, default_topk=1, num_classes=1, max_images=1
+                ).images
             ]
             model_input(crops, settings)
             images += len(crops)

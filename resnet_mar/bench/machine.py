@@ -53,7 +53,7 @@ def load_average() -> list[float]:
 @dataclass(frozen=True)
 class CpuCounters:
     """CPU seconds so far: the whole machine's, the hypervisor's steal, and ours (this process
-    plus the server's process tree)."""
+    plus the server's processes: TorchServe's tree and its forwarders)."""
 
     at: float
     machine_busy: float
@@ -61,14 +61,15 @@ class CpuCounters:
     ours: float
 
 
-def cpu_counters(server_pid: int | None = None) -> CpuCounters:
+def cpu_counters(server_pids: list[int] = ()) -> CpuCounters:
+    """``server_pids``: every process of the server (``RunningServer.group_pids``). A forwarder's
+    per-connection children count once they exit (in their parent's children times)."""
     times = psutil.cpu_times()
     busy = times.user + times.nice + times.system + times.irq + times.softirq
     processes = [psutil.Process()]
-    if server_pid is not None:
+    for pid in server_pids:
         with contextlib.suppress(psutil.NoSuchProcess):
-            server = psutil.Process(server_pid)
-            processes += [server, *server.children(recursive=True)]
+            processes.append(psutil.Process(pid))
     ours = 0.0
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):

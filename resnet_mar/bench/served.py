@@ -82,6 +82,7 @@ def serve(
         workdir=workdir,
         config_text=setup.config_text,
         worker_environment=setup.worker_environment,
+        isolated=setup.isolated,
     ) as server:
         startup_s = round(time.monotonic() - began, 1)
         progress(f"{', '.join(names)} [{label}]: READY after {startup_s} s")
@@ -105,7 +106,7 @@ def sweep(
     """One model at each client count of the setup (or the run), with the other load."""
     points = []
     for concurrency in setup.concurrencies or load.concurrencies:
-        before = cpu_counters(server.process.pid)
+        before = cpu_counters(server.group_pids())
         point = run_point(
             server.endpoints.inference,
             setup.requests(name, payloads),
@@ -113,7 +114,7 @@ def sweep(
             duration_s=load.duration_s,
             warmup_s=load.warmup_s,
         )
-        others = other_load(before, cpu_counters(server.process.pid))
+        others = other_load(before, cpu_counters(server.group_pids()))
         points.append(ServedPoint(stored(point), others))
         progress(f"{name} [{setup.label}] {describe(point)}  other load {others.other_cores}")
     return tuple(points)
@@ -141,10 +142,10 @@ def measure_all_busy(
             warmup_s=load.warmup_s,
         )
 
-    before = cpu_counters(server.process.pid)
+    before = cpu_counters(server.group_pids())
     with ThreadPoolExecutor(max_workers=len(names)) as clients:  # re-raises a client's failure
         points = dict(zip(names, clients.map(load_one, names), strict=True))
-    others = other_load(before, cpu_counters(server.process.pid))
+    others = other_load(before, cpu_counters(server.group_pids()))
     models = {}
     for name in names:
         point = points[name]

@@ -58,6 +58,9 @@ class ServedSetup:
     all_busy: bool = False
     #: Measure the format's in-process limit again right after this setup.
     limit_again: bool = False
+    #: As make serve runs it (own network namespace, doors forwarded) or as TorchServe's
+    #: defaults run it (its addresses on loopback TCP, gRPC included).
+    isolated: bool = True
 
 
 def ours(model_format: str) -> str:
@@ -93,6 +96,7 @@ def served_setups(formats: Sequence[str]) -> list[ServedSetup]:
                     config_text=STOCK_CONFIG,
                     worker_environment={},
                     together=False,
+                    isolated=False,
                 )
             )
     return setups
