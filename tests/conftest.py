@@ -6,12 +6,17 @@ pretrained weights) and compare probabilities, never labels alone.
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from resnet_mar.torchserve import REPO_ROOT, RunningServer, private_server
 from tests.photos import PHOTOS
-from tests.served_models import build_served_models
+from tests.reference import load_archive_reference
+from tests.served_models import MODELS, VERSION, build_served_models
+from tests.server_probes import worker_pids
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +35,40 @@ def photo_bytes(photos: dict[str, Path]) -> dict[str, bytes]:
 def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The served models (tests/served_models.py), built once per session."""
     return build_served_models(tmp_path_factory.mktemp("build"))
+
+
+@pytest.fixture(scope="session")
+def model_store(build_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The served models packed by archive.sh, as make archive packs them."""
+    store = tmp_path_factory.mktemp("model_store")
+    result = subprocess.run(
+        [str(REPO_ROOT / "archive.sh"), "-b", str(build_dir), "-s", str(store), "-v", VERSION,
+         *MODELS],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, f"archive.sh failed:\n{result.stdout}\n{result.stderr}"
+    for name in MODELS:
+        assert f"archived {name} -> {store}/{name}.mar" in result.stdout
+    return store
+
+
+@pytest.fixture(scope="session")
+def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One TorchServe for the integration suites, run as make serve runs it (own network
+    namespace, forwarded doors, management on an owner-only socket); always stopped."""
+    workdir = tmp_path_factory.mktemp("torchserve")
+    with private_server(model_store, MODELS, workdir=workdir, timeout_s=300) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def pids_at_start(server: RunningServer) -> dict[str, list[int]]:
+    return worker_pids(server)
+
+
+@pytest.fixture(scope="session")
+def references(model_store: Path) -> dict[str, tuple]:
+    """Model and label map of each archive, read back from the .mar itself."""
+    return {
+        name: load_archive_reference(model_store / f"{name}.mar", f"{name}.pt") for name in MODELS
+    }

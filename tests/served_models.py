@@ -14,6 +14,8 @@ from resnet_mar.build import BuildRequest, build_model
 #: The fine-tuned model's classes (two of them repeat a name once lower-cased, on purpose).
 CUSTOM_LABELS = ["daisy", "dandelion", "rose", "sunflower", "tulip", "crane", "crane (bird)"]
 MODELS = ["resnet18", "resnet50", "flowers"]
+#: The archives' version (not the default, so the versioned endpoint is really exercised).
+VERSION = "2.1"
 
 
 def build_served_models(out: Path) -> Path:

@@ -9,18 +9,23 @@ examples every time.
 from __future__ import annotations
 
 import base64
+import io
 import struct
 import zlib
 from functools import cache
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from image_decoding import decode_rgb
+from inference_protocols import read_request
 from input_errors import BadInput
 from PIL import Image
 from request_payload import extract_payload
+from resnet_handler import decode_image
+from serving_schema import HandlerSettings
 
+from resnet_mar.weights import STANDARD_IMAGENET
 from tests.odd_images import VALID_NAMES, valid_images
 from tests.photos import PHOTOS
 
@@ -231,3 +236,78 @@ def test_random_requests(request: dict, headers: dict[str, str]) -> None:
 def test_non_latin_form_field(headers: dict[str, str]) -> None:
     """Form field names are URL-decoded text: any character may come out."""
     payload_decodes_or_refuses({"€uro ünïcode ☃": bytearray("ü=".encode())}, headers)
+
+
+#: What decode_image needs of a model's settings: the standard ImageNet preprocessing.
+CROP_SETTINGS = HandlerSettings(
+    "resnet18", "torchscript", STANDARD_IMAGENET, {}, max_image_pixels=MAX_PIXELS
+)
+#: Formats with the largest side each can encode.
+ENCODABLE = {"PNG": 2**20, "GIF": 65535, "TIFF": 2**20, "WEBP": 16383, "JPEG": 65500, "BMP": 2**20}
+
+
+@fuzz_settings(300)
+@given(
+    fmt=st.sampled_from(sorted(ENCODABLE)),
+    long_side=st.integers(1, 70_000),
+    short_side=st.integers(1, 40),
+    tall=st.booleans(),
+)
+def test_any_shape_of_every_format_becomes_the_crop_or_a_4xx(fmt, long_side, short_side, tall):
+    """Width and height drawn from square to 70,000 x 1, in every format: the stage the
+    server runs per image gives the 3 x 224 x 224 crop (work bounded by the crop, see
+    resize_crop.py) or a 4xx; never another exception, never a blow-up."""
+    assume(long_side <= ENCODABLE[fmt] and long_side * short_side <= MAX_PIXELS)
+    size = (short_side, long_side) if tall else (long_side, short_side)
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (30, 140, 220)).save(buffer, fmt)
+    try:
+        crop = decode_image(buffer.getvalue(), CROP_SETTINGS)
+    except BadInput as err:
+        assert 400 <= err.status < 500, err.body()
+        return
+    assert tuple(crop.shape) == (3, 224, 224)
+
+
+#: Any value a client may put where a top-k goes: text (digits of every script, signs, long
+#: runs), numbers, bytes, and JSON's other types.
+OPTION_VALUES = st.one_of(
+    st.text(max_size=60),
+    st.text(alphabet="0123456789³①٣+- .", max_size=8000),
+    st.integers(-(10**30), 10**30),
+    st.floats(allow_nan=True),
+    st.binary(max_size=40),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=3),
+)
+
+
+def option_requests(value: object) -> list[tuple[dict, dict[str, str]]]:
+    """One image with ``value`` as its top-k in every envelope that carries one."""
+    image = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
+    v2 = {"inputs": [{"name": "i", "datatype": "BYTES", "shape": [1], "data": [image]}]}
+    found = [
+        ({"data": b"\x89PNG", "topk": value}, {}),
+        ({"body": {"data": image, "topk": value}}, {"content-type": "application/json"}),
+        ({"body": {"instances": [image], "topk": value}}, {}),
+        ({"body": {**v2, "parameters": {"topk": value}}}, {}),
+    ]
+    if isinstance(value, str):
+        found.append(({"body": b"\x89PNG"}, {"x-topk": value}))
+    return found
+
+
+@fuzz_settings(500)
+@given(value=OPTION_VALUES)
+def test_any_option_value_is_read_or_refused_with_a_4xx(value: object) -> None:
+    """Whatever a client sends as top-k, in whatever envelope, reading the request gives a
+    top-k within the classes or this request's own 4xx, nothing else (a stray exception there
+    used to fail the whole batch with 503)."""
+    for request, headers in option_requests(value):
+        try:
+            parsed = read_request(request, headers, default_topk=5, num_classes=1000, max_images=4)
+        except BadInput as err:
+            assert 400 <= err.status < 500 and len(err.message) < 300, err.body()
+            continue
+        assert 1 <= parsed.topk <= 1000

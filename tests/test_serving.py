@@ -1,5 +1,6 @@
-"""Integration: archives made by archive.sh, served by a real TorchServe (own TMPDIR, free
-loopback ports, --ncs), answers checked against the in-process reference of each archive."""
+"""Integration: archives made by archive.sh, served by a real TorchServe as make serve runs one
+(conftest.py's session server), answers checked against the in-process reference of each
+archive."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import io
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,62 +16,19 @@ import pytest
 import requests
 from PIL import Image
 
-from resnet_mar.torchserve import REPO_ROOT, RunningServer, private_server
+from resnet_mar.torchserve import RunningServer
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 from tests.odd_images import broken_inputs, valid_images
 from tests.photos import PHOTOS
-from tests.reference import assert_same_answer, load_archive_reference, reference_answer
-from tests.served_models import CUSTOM_LABELS, MODELS
+from tests.reference import assert_same_answer, reference_answer
+from tests.served_models import CUSTOM_LABELS, MODELS, VERSION
+from tests.server_probes import worker_pids
 
 pytestmark = pytest.mark.integration
-
-VERSION = "2.1"
-
-
-@pytest.fixture(scope="module")
-def model_store(build_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("model_store")
-    result = subprocess.run(
-        [str(REPO_ROOT / "archive.sh"), "-b", str(build_dir), "-s", str(store), "-v", VERSION,
-         *MODELS],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, f"archive.sh failed:\n{result.stdout}\n{result.stderr}"
-    for name in MODELS:
-        assert f"archived {name} -> {store}/{name}.mar" in result.stdout
-    return store
-
-
-@pytest.fixture(scope="module")
-def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    workdir = tmp_path_factory.mktemp("torchserve")
-    with private_server(model_store, MODELS, workdir=workdir, timeout_s=300) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def pids_at_start(server: RunningServer) -> dict[str, list[int]]:
-    return worker_pids(server)
-
-
-@pytest.fixture(scope="module")
-def references(model_store: Path) -> dict[str, tuple]:
-    """Model and label map of each archive, read back from the .mar itself."""
-    return {
-        name: load_archive_reference(model_store / f"{name}.mar", f"{name}.pt") for name in MODELS
-    }
 
 
 def predict(server: RunningServer, path: str, body: bytes, **kwargs) -> requests.Response:
     return requests.put(f"{server.endpoints.inference}/{path}", data=body, timeout=120, **kwargs)
-
-
-def worker_pids(server: RunningServer) -> dict[str, list[int]]:
-    pids = {}
-    for name in MODELS:
-        _, described = server.management("GET", f"/models/{name}")
-        pids[name] = sorted(w["pid"] for m in described for w in m["workers"])
-    return pids
 
 
 def test_workers_run_in_the_environment_they_are_tuned_for(server: RunningServer) -> None:

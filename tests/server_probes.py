@@ -1,0 +1,50 @@
+"""What the integration tests read off a running server: its workers and its processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from resnet_mar.torchserve import RunningServer
+from tests.served_models import MODELS
+
+
+def worker_pids(server: RunningServer, models: list[str] = MODELS) -> dict[str, list[int]]:
+    pids = {}
+    for name in models:
+        _, described = server.management("GET", f"/models/{name}")
+        pids[name] = sorted(w["pid"] for m in described for w in m["workers"])
+    return pids
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident memory so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def java_pid(server: RunningServer) -> int:
+    return int((server.folder.tmp / ".model_server.pid").read_text().strip())
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of every socket a process holds open."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            found.add(target[len("socket:[") : -1])
+    return found
+
+
+def listening_tcp(net_dir: Path) -> dict[str, int]:
+    """Listening TCP sockets of a network namespace (/proc/<pid>/net): inode -> port."""
+    found = {}
+    for table in ("tcp", "tcp6"):
+        for line in (net_dir / table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                found[fields[9]] = int(fields[1].rsplit(":", 1)[1], 16)
+    return found

@@ -1,0 +1,115 @@
+"""Integration: make serve and make stop (``python -m resnet_mar serve|stop``) as a user runs
+them: the owner scales through the management socket, stop answers what is queued before it
+stops, and nothing of the server is left afterwards."""
+
+from __future__ import annotations
+
+import http.client
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from resnet_mar.server_doors import REPO_ROOT, ServerFolder, host_and_port
+from resnet_mar.torchserve import ServerState, _members, config_with_free_ports, management_call
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args: str, timeout: float = 420) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "resnet_mar", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+    )  # fmt: skip
+
+
+def workers(endpoint: str) -> list[str]:
+    _, described = management_call(endpoint, "GET", "/models/resnet18")
+    return [worker["status"] for model in described for worker in model["workers"]]
+
+
+class Flood:
+    """Clients that open a connection per request until told to stop; each outcome is
+    "answered" (200), "door closed" (the connection was refused: the server stopped taking
+    requests), or what went wrong after a connection was accepted."""
+
+    def __init__(self, address: str, body: bytes, clients: int = 6) -> None:
+        self.host, self.port = host_and_port(address)
+        self.body = body
+        self.outcomes: list[str] = []
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._client) for _ in range(clients)]
+
+    def _client(self) -> None:
+        while not self.stopping.is_set():
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            try:
+                connection.connect()
+            except ConnectionRefusedError:
+                self.outcomes.append("door closed")
+                time.sleep(0.05)
+                continue
+            try:
+                connection.request("PUT", "/predictions/resnet18", self.body)
+                status = connection.getresponse().status
+                self.outcomes.append("answered" if status == 200 else f"HTTP {status}")
+            except (OSError, http.client.HTTPException) as err:
+                self.outcomes.append(f"{type(err).__name__} after the connection was accepted")
+            finally:
+                connection.close()
+
+    def __enter__(self) -> Flood:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(120)
+
+
+def test_serve_scale_drain_and_stop(model_store: Path, tmp_path: Path, photo_bytes) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(model_store / "resnet18.mar", store)
+    config = tmp_path / "config.properties"
+    config.write_text(config_with_free_ports((REPO_ROOT / "config.properties").read_text()))
+    folder = ServerFolder(tmp_path / "run")
+
+    served = cli(
+        "serve", "--config", str(config), "--model-store", str(store), "--folder", str(folder.root)
+    )
+    assert served.returncode == 0, served.stdout + served.stderr
+    state = ServerState.load(folder)
+    assert f"curl -T photo.jpg {state.endpoints.inference}/predictions/resnet18" in served.stdout
+    again = cli(
+        "serve", "--config", str(config), "--model-store", str(store), "--folder", str(folder.root)
+    )
+    assert again.returncode == 2 and "already runs" in again.stderr
+
+    # The owner scales through the socket (what an operator does: README "Security").
+    scale = "/models/resnet18?min_worker={n}&max_worker={n}&synchronous=true"
+    assert management_call(state.endpoints.management, "PUT", scale.format(n=2), 120)[0] == 200
+    assert workers(state.endpoints.management) == ["READY", "READY"]
+    assert management_call(state.endpoints.management, "PUT", scale.format(n=1), 120)[0] == 200
+    assert workers(state.endpoints.management) == ["READY"]
+
+    groups = [state.group, *state.forwarders]
+    with Flood(state.endpoints.inference, photo_bytes["rocket"]) as flood:
+        time.sleep(3)
+        stopped = cli("stop", "--folder", str(folder.root), timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "queue drained" in stopped.stdout and "nothing of it is left" in stopped.stdout
+
+    answered = flood.outcomes.count("answered")
+    failed = [o for o in flood.outcomes if o not in ("answered", "door closed")]
+    assert answered > 0 and "door closed" in flood.outcomes, flood.outcomes
+    assert failed == [], f"{len(failed)} accepted requests failed: {failed[:5]}"
+    assert not any(_members(group) for group in groups)
+    assert not folder.tmp.exists() and not folder.state.exists()
+    assert cli("stop", "--folder", str(folder.root)).returncode == 2
