@@ -119,7 +119,17 @@ kserve: $(ARCHIVES) ## write kserve/: a KServe storage folder (config, model-sto
 		--cpus $(POD_CPUS) --memory $(POD_MEMORY)
 
 # --- Checks.
-test: setup ## ruff (lint and format), unit tests, integration tests against a real TorchServe
+# Clients this project did not write, each in its own venv (tritonclient's and KServe's SDK clash
+# in one process), for the KServe integration tests.
+CLIENTS := .venv-clients
+CLIENT_VENVS := $(CLIENTS)/triton/.installed $(CLIENTS)/kserve/.installed
+$(CLIENTS)/%/.installed: tests/clients/%-requirements.txt
+	$(PYTHON) -m venv $(CLIENTS)/$*
+	$(CLIENTS)/$*/bin/pip install --quiet --upgrade pip
+	$(CLIENTS)/$*/bin/pip install --quiet -r $<
+	@touch $@
+
+test: setup $(CLIENT_VENVS) ## ruff (lint and format), unit tests, integration tests against a real TorchServe
 	$(BIN)/ruff check resnet_mar handlers tests
 	$(BIN)/ruff format --check resnet_mar handlers tests
 	$(BIN)/pytest $(PYTEST_ARGS)

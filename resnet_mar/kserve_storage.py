@@ -45,8 +45,10 @@ class KServeError(ValueError):
 
 @dataclass(frozen=True)
 class Ports:
-    """TorchServe's ports inside the pod (KServe's model server owns 8080 and 8081)."""
+    """TorchServe's ports inside the pod (KServe's model server owns 8080 and 8081), and the
+    address inference and metrics listen on (the pod's network; loopback in tests)."""
 
+    listen: str = "0.0.0.0"
     inference: int = 8085
     management: int = 8086
     metrics: int = 8082
@@ -109,9 +111,9 @@ def config_properties(snapshot: dict, ports: Ports = Ports(), mount: str = MOUNT
         "# TorchServe in KServe's TorchServe runtime (make kserve; resnet_mar/kserve_storage.py).",
         "# Inference on the pod network (the kubelet probes /ping there); management and gRPC on",
         "# the pod's loopback, where KServe's model server in the same container reaches them.",
-        f"inference_address=http://0.0.0.0:{ports.inference}",
+        f"inference_address=http://{ports.listen}:{ports.inference}",
         f"management_address=http://127.0.0.1:{ports.management}",
-        f"metrics_address=http://0.0.0.0:{ports.metrics}",
+        f"metrics_address=http://{ports.listen}:{ports.metrics}",
         "grpc_inference_address=127.0.0.1",
         f"grpc_inference_port={ports.grpc_inference}",
         "grpc_management_address=127.0.0.1",

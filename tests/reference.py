@@ -53,3 +53,19 @@ def assert_same_answer(
     assert list(served) == list(expected), f"labels differ: {served} vs {expected}"
     for label, probability in expected.items():
         assert abs(served[label] - probability) <= tolerance, (label, served[label], probability)
+
+
+def reference_top(
+    model: torch.jit.ScriptModule,
+    labels: dict[str, str],
+    image: bytes,
+    topk: int = 5,
+    transforms: ImageClassification = STANDARD_IMAGENET,
+) -> list[tuple[str, float]]:
+    """The best ``topk`` (label, probability) pairs, every row kept (repeated names too): what
+    an Open Inference answer's labels and probabilities hold for one image."""
+    picture = Image.open(io.BytesIO(image)).convert("RGB")
+    with torch.inference_mode():
+        probabilities = model(transforms(picture).unsqueeze(0)).softmax(dim=1)[0]
+    scores, indices = probabilities.topk(min(topk, len(labels)))
+    return [(labels[str(i)], s) for s, i in zip(scores.tolist(), indices.tolist(), strict=True)]
