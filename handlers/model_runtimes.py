@@ -44,7 +44,7 @@ def load_onnx(path: str, threads: int) -> Forward:
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle pool threads would otherwise spin, taking the cores from the decoding threads and
-    # from other models between batches (measured: resnet50 at 16 clients 47.1 vs 43.2 req/s).
+    # from other models between batches (docs/benchmark/settings.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
@@ -70,8 +70,7 @@ def load_model(path: str, model_format: str, threads: int) -> Forward:
 
     torch's intra-op pool is sized here for every format. The torch formats compute in it. For
     ONNX it only normalises each batch, on one thread: with more, its idle OpenMP threads spin
-    against ONNX Runtime's pool (measured, resnet18, handling 8 photos: 70 ms with one torch
-    thread, 82 ms with two; one photo: 10 vs 13-15 ms)."""
+    against ONNX Runtime's pool (docs/benchmark/settings.md)."""
     if model_format not in LOADERS:
         raise ValueError(
             f"model-config.yaml format {model_format!r} is not one this handler serves: "

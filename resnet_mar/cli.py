@@ -16,7 +16,7 @@ from resnet_mar.architectures import (
 )
 from resnet_mar.build import BuildError, BuildRequest, build_model
 from resnet_mar.kserve_storage import KServeError
-from resnet_mar.labels import LabelMapError, imagenet_categories, write_label_map
+from resnet_mar.labels import LabelMapError, torchvision_imagenet_categories, write_label_map
 from resnet_mar.parity import ParityError
 from resnet_mar.torchserve import ServerError
 from resnet_mar.weights import WeightsError
@@ -64,8 +64,9 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_labels(args: argparse.Namespace) -> None:
-    path = write_label_map(imagenet_categories(), args.out)
-    print(f"wrote {path} ({len(imagenet_categories())} ImageNet classes from torchvision)")
+    categories = torchvision_imagenet_categories()
+    path = write_label_map(categories, args.out)
+    print(f"wrote {path} ({len(categories)} ImageNet classes from torchvision's weights metadata)")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

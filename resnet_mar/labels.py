@@ -1,8 +1,12 @@
-"""Label maps: the ImageNet one shipped as ``index_to_name.json`` and users' own.
+"""Label maps: the ImageNet one and users' own.
 
-TorchServe reads ``index_to_name.json`` from the archive; the handler reads the same file. Both
-``{"0": "tench"}`` and ``{"0": ["n01440764", "tench"]}`` are accepted, as TorchServe accepts them,
-and a map is checked here, at build time, so a gap or a bad entry never reaches a request.
+The repository's ``index_to_name.json`` is the ImageNet label map every archive of an untrained
+ImageNet model ships (``make labels`` writes it from torchvision's weights metadata, and a test
+keeps the two equal); a torchvision weights entry brings its own categories, a checkpoint its
+LABELS file. TorchServe reads ``index_to_name.json`` from the archive; the handler reads the
+same file. Both ``{"0": "tench"}`` and ``{"0": ["n01440764", "tench"]}`` are accepted, as
+TorchServe accepts them, and a map is checked here, at build time, so a gap or a bad entry never
+reaches a request.
 """
 
 from __future__ import annotations
@@ -17,9 +21,19 @@ class LabelMapError(ValueError):
     """Raised for a label map that cannot serve as a model's class list."""
 
 
-def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet class names, in class-index order, from torchvision's weights metadata."""
+#: The project's ImageNet label map (the one source of untrained models' class names).
+IMAGENET_LABELS = Path(__file__).resolve().parent.parent / "index_to_name.json"
+
+
+def torchvision_imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names, in class-index order, from torchvision's weights metadata
+    (what ``make labels`` writes to :data:`IMAGENET_LABELS`)."""
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def imagenet_categories() -> list[str]:
+    """The ImageNet class names an untrained model is archived with."""
+    return read_label_map(IMAGENET_LABELS)
 
 
 def label_map_json(categories: list[str]) -> str:

@@ -9,7 +9,7 @@ a TCP port it opens, and only these doors lead in:
 * inference and metrics: TorchServe listens on unix sockets in its server folder; a forwarder
   (``socat``) listens on the public loopback addresses of config.properties and relays each
   connection to them, so ``curl -T photo.jpg http://127.0.0.1:8080/predictions/resnet50`` works
-  as before (cost: ~0.1 ms of CPU per 112 KB request);
+  as before (its cost: docs/benchmark/settings.md);
 * management: a unix socket in the server folder, which only its owner may enter (mode 0700):
   ``curl --unix-socket run/management.sock http://localhost/models``;
 * gRPC (inference and management): left inside the namespace, where nothing reaches them.

@@ -6,12 +6,9 @@ torch loads, before a handler is imported, and TorchServe 0.12 has no config.pro
 passes an environment to its workers. Each archive records it too (``handler.worker_environment``
 in model-config.yaml), and its handler warns when the server was started without it.
 
-Why ``GOMP_SPINCOUNT=3000``: torch's GNU OpenMP keeps its idle threads spinning for about 300,000
-rounds (several ms) after each parallel region, so the next batch's JPEG decoding shared a core
-with a spinning thread. With 3000: 8 photos decoded in 9.3 instead of 13.3-15.2 ms right after a
-forward pass, the forward pass itself unchanged (resnet18 batch 8: 122-124 vs 123-127 img/s in
-process; resnet50: 52 vs 49 img/s); served at 16 clients, resnet18 98 and 86 req/s vs 85 and 79
-without, resnet50 44 and 42 vs 43 and 37 (two runs each, alternated).
+Why ``GOMP_SPINCOUNT=3000``: torch's GNU OpenMP keeps its idle threads spinning for several ms
+after each parallel region, on the cores the next batch's JPEG decoding needs
+(docs/benchmark/settings.md has the measurements).
 
 This module imports nothing, so that ``make serve`` reads it in well under a second.
 """

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from resnet_mar.build import BuildError, BuildRequest, build_model
 from resnet_mar.parity import ParityError, check_parity, parity_inputs
 from resnet_mar.torchserve import REPO_ROOT
-from resnet_mar.weights import load_weights, sha256_of
+from resnet_mar.weights import STANDARD_IMAGENET, load_weights, reference_transforms, sha256_of
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 from tests.served_models import CUSTOM_LABELS
 
@@ -93,3 +94,21 @@ def test_cli_reports_an_unknown_model_and_exits_non_zero(tmp_path: Path) -> None
     )  # fmt: skip
     assert result.returncode == 2
     assert "unknown model 'vgg16'" in result.stderr and "wide_resnet101_2" in result.stderr
+
+
+def test_every_test_model_tells_photos_apart(build_dir: Path, photos) -> None:
+    """Served answers are compared with the reference to 1e-4: that means something only if a
+    model's answers for different photos differ far more (an untrained deep ResNet could answer
+    almost the same for every input)."""
+    transform = reference_transforms(STANDARD_IMAGENET)
+    pictures = [transform(Image.open(p).convert("RGB")) for p in photos.values()]
+    for name in ("resnet18", "resnet50", "flowers"):
+        model = torch.jit.load(str(build_dir / f"{name}.pt")).eval()
+        with torch.inference_mode():
+            probabilities = model(torch.stack(pictures)).softmax(dim=1)
+        closest = min(
+            (probabilities[a] - probabilities[b]).abs().max().item()
+            for a in range(len(pictures))
+            for b in range(a + 1, len(pictures))
+        )
+        assert closest > 1e-3, f"{name}: two photos' answers differ by only {closest:.1e}"

@@ -42,6 +42,7 @@ def other_worker_tries(path: Path) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.timeout(60)  # a gate that never opens would hang, not fail
 def test_one_worker_at_a_time(tmp_path: Path) -> None:
     gate = ComputeGate(str(tmp_path / "gate.lock"))
     assert other_worker_tries(tmp_path / "gate.lock") == "acquired"
@@ -50,6 +51,7 @@ def test_one_worker_at_a_time(tmp_path: Path) -> None:
     assert other_worker_tries(tmp_path / "gate.lock") == "acquired"
 
 
+@pytest.mark.timeout(60)
 def test_a_worker_that_dies_holding_the_gate_releases_it(tmp_path: Path) -> None:
     path = tmp_path / "gate.lock"
     holder = subprocess.Popen(
@@ -65,6 +67,7 @@ def test_a_worker_that_dies_holding_the_gate_releases_it(tmp_path: Path) -> None
         assert other_worker_tries(path) == "blocked"
 
 
+@pytest.mark.timeout(60)
 def test_the_gate_is_per_server_and_per_user(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """TorchServe keeps one server per TMPDIR and its workers inherit it: one gate each."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))

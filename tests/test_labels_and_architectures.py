@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torchvision
 
 from resnet_mar.architectures import SUPPORTED_ARCHITECTURES, check_architecture
 from resnet_mar.labels import (
@@ -12,6 +13,7 @@ from resnet_mar.labels import (
     imagenet_categories,
     label_map_json,
     read_label_map,
+    torchvision_imagenet_categories,
     write_label_map,
 )
 from resnet_mar.torchserve import REPO_ROOT
@@ -25,15 +27,20 @@ def test_unknown_architecture_lists_the_valid_ones() -> None:
 
 
 def test_the_whole_resnet_family_is_supported() -> None:
-    assert set(SUPPORTED_ARCHITECTURES) == {
-        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-        "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
-    }  # fmt: skip
+    """Every ResNet, ResNeXt and Wide ResNet classifier torchvision knows, and nothing else."""
+    family = {
+        name
+        for name in torchvision.models.list_models(module=torchvision.models)
+        if name.startswith(("resnet", "resnext", "wide_resnet"))
+    }
+    assert len(family) >= 10
+    assert set(SUPPORTED_ARCHITECTURES) == family
 
 
 def test_committed_index_to_name_is_what_make_labels_writes() -> None:
     committed = (REPO_ROOT / "index_to_name.json").read_text()
-    assert committed == label_map_json(imagenet_categories())
+    assert committed == label_map_json(torchvision_imagenet_categories())
+    assert imagenet_categories() == torchvision_imagenet_categories()  # what untrained builds ship
     mapping = json.loads(committed)
     assert len(mapping) == 1000
     assert mapping["0"] == "tench" and mapping["999"] == "toilet tissue"

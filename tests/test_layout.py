@@ -1,0 +1,39 @@
+"""The repository's structure holds together: one list per thing, and the README's map of the
+tree is the tree."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import model_runtimes
+import tomllib
+from serving_schema import MODEL_FORMATS
+
+from resnet_mar.export import EXPORTERS
+from resnet_mar.torchserve import REPO_ROOT
+
+
+def test_every_handler_module_is_installed_as_torchserve_imports_it() -> None:
+    """handlers/*.py are top-level modules (as inside an archive): pyproject lists them all."""
+    listed = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert sorted(listed["py-modules"]) == sorted(p.stem for p in REPO_ROOT.glob("handlers/*.py"))
+
+
+def test_every_format_is_exported_and_loaded() -> None:
+    assert list(EXPORTERS) == list(MODEL_FORMATS) == list(model_runtimes.LOADERS)
+
+
+def test_the_readme_layout_is_the_tree() -> None:
+    """Every top-level file and folder the repository tracks appears in README's "Layout"
+    block, and everything that block names exists."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    named = {m.rstrip("/") for m in re.findall(r"(?m)^([\w.\-/]+)", block)}
+    tracked = subprocess.run(
+        ["git", "ls-files"], capture_output=True, text=True, cwd=REPO_ROOT, check=True
+    ).stdout.split()
+    top = {path.split("/", 1)[0] for path in tracked} - {".gitignore", ".ci"}
+    assert named == top, (
+        f"README lists {sorted(named - top)} that do not exist; misses {sorted(top - named)}"
+    )
