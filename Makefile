@@ -11,6 +11,9 @@ FORMAT      ?= torchscript
 VERSION     ?= 1.0
 SEED        ?= 0
 JPEG_DRAFT  ?=
+CALIBRATION ?=
+INT8_MIN_AGREEMENT ?=
+INT8_MAX_ERROR ?=
 BUILD       ?= build
 MODEL_STORE ?= model_store
 RUN         ?= run
@@ -39,6 +42,9 @@ help: ## list targets and variables
 	@echo "  LABELS=$(LABELS)    label map JSON for a checkpoint in WEIGHTS (sets the number of classes)"
 	@echo "  NAME=$(NAME)        served name for a single model (default: its architecture)"
 	@echo "  FORMAT=$(FORMAT)    serialized format: torchscript | onnx (ONNX Runtime) | aoti (AOTInductor .pt2)"
+	@echo "         | openvino (OpenVINO FP32) | int8 (NNCF post-training int8, run by OpenVINO)"
+	@echo "  CALIBRATION=$(CALIBRATION)  FORMAT=int8: a folder of calibration photos (empty: photos packaged with scikit-image and matplotlib)"
+	@echo "  INT8_MIN_AGREEMENT=$(INT8_MIN_AGREEMENT) INT8_MAX_ERROR=$(INT8_MAX_ERROR)  FORMAT=int8 quality gate on held-aside photos (empty: 0.8 top-1 agreement, 0.05 top-1 probability)"
 	@echo "  VERSION=$(VERSION)  archive version (/predictions/<name>/<version>)"
 	@echo "  SEED=$(SEED)        seed of untrained weights (WEIGHTS=none)"
 	@echo "  JPEG_DRAFT=$(JPEG_DRAFT)  empty or 0: exact full JPEG decoding | 2: large JPEGs decoded at reduced scale (faster)"
@@ -54,7 +60,7 @@ setup: $(STAMP) host-tools ## create .venv with the pinned stack; check Java >= 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,onnx,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,onnx,bench,openvino]'
 	@touch $@
 	@echo "setup: $(VENV) ready ($$($(BIN)/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'))"
 
@@ -81,7 +87,7 @@ labels: $(STAMP) ## regenerate index_to_name.json from torchvision's ImageNet ca
 # --- Builds and archives: real files, rebuilt only when something they come from changed.
 # A served name's architecture: MODELS when NAME renames one model, else the name itself.
 arch = $(if $(NAME),$(MODELS),$(1))
-build_request = arch=$(call arch,$(1)) weights=$(WEIGHTS) labels=$(LABELS) format=$(FORMAT) seed=$(SEED) jpeg_draft=$(JPEG_DRAFT)
+build_request = arch=$(call arch,$(1)) weights=$(WEIGHTS) labels=$(LABELS) format=$(FORMAT) seed=$(SEED) jpeg_draft=$(JPEG_DRAFT) calibration=$(CALIBRATION) int8=$(INT8_MIN_AGREEMENT),$(INT8_MAX_ERROR)
 BUILD_SOURCES := $(wildcard resnet_mar/*.py) handlers/serving_schema.py
 HANDLER_FILES := $(wildcard handlers/*.py)
 BUILT    := $(NAMES:%=$(BUILD)/%.json)
@@ -95,10 +101,13 @@ $(BUILD)/%.request: FORCE
 $(BUILD)/%.version: FORCE
 	@mkdir -p $(@D); echo '$(VERSION)' | cmp -s - $@ || echo '$(VERSION)' > $@
 
-$(BUILD)/%.json: $(BUILD)/%.request $(BUILD_SOURCES) $(wildcard $(WEIGHTS) $(LABELS)) | $(STAMP)
+$(BUILD)/%.json: $(BUILD)/%.request $(BUILD_SOURCES) $(wildcard $(WEIGHTS) $(LABELS) $(CALIBRATION)) | $(STAMP)
 	$(BIN)/python -m resnet_mar build --models $(call arch,$*) --weights $(WEIGHTS) \
 		$(if $(LABELS),--labels $(LABELS)) $(if $(NAME),--name $*) --format $(FORMAT) \
-		--seed $(SEED) $(if $(JPEG_DRAFT),--jpeg-draft $(JPEG_DRAFT)) --out $(BUILD)
+		--seed $(SEED) $(if $(JPEG_DRAFT),--jpeg-draft $(JPEG_DRAFT)) \
+		$(if $(CALIBRATION),--calibration $(CALIBRATION)) \
+		$(if $(INT8_MIN_AGREEMENT),--int8-min-agreement $(INT8_MIN_AGREEMENT)) \
+		$(if $(INT8_MAX_ERROR),--int8-max-error $(INT8_MAX_ERROR)) --out $(BUILD)
 
 $(MODEL_STORE)/%.mar: $(BUILD)/%.json $(BUILD)/%.version $(HANDLER_FILES) archive.sh
 	./archive.sh -b $(BUILD) -s $(MODEL_STORE) -v $(VERSION) $*

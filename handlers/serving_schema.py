@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 #: Serialized formats the build exports and the handler's runtimes load (model_runtimes.py).
-MODEL_FORMATS = ("torchscript", "onnx", "aoti")
+MODEL_FORMATS = ("torchscript", "onnx", "aoti", "openvino", "int8")
 #: Resampling filters ``resize_crop.py`` reproduces exactly (torchvision's names).
 INTERPOLATIONS = ("bilinear", "bicubic")
 #: ``intra_op_threads`` value that means "as many as the worker's CPUs" (see cpu_budget.py).

@@ -23,10 +23,20 @@ import yaml
 from serving_schema import HandlerSettings, ModelConfig, Preprocessing, SchemaError
 
 from resnet_mar.architectures import check_architecture
-from resnet_mar.export import EXPORTERS, prepare_for_inference
+from resnet_mar.calibration import CalibrationError, calibration_set
+from resnet_mar.export import EXPORTERS, ExportError, prepare_for_inference
 from resnet_mar.labels import write_label_map
 from resnet_mar.parity import check_parity, parity_inputs
-from resnet_mar.weights import load_weights, sha256_of
+from resnet_mar.quantization import (
+    MAX_TOP1_PROBABILITY_ERROR,
+    MIN_TOP1_AGREEMENT,
+    TRAINED_CONFIDENCE,
+    QualityError,
+    calibrate_confidence,
+    check_quality,
+    estimate_batchnorm,
+)
+from resnet_mar.weights import LoadedWeights, load_weights, sha256_of
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
 
@@ -40,6 +50,11 @@ class BuildRequest:
     seed: int = 0
     #: None: the serving schema's default (full decoding).
     jpeg_draft_factor: int | None = None
+    #: FORMAT=int8 only: a folder of calibration images (None: the packaged photos), and the
+    #: quality gate's thresholds (resnet_mar/quantization.py).
+    calibration: Path | None = None
+    int8_min_agreement: float = MIN_TOP1_AGREEMENT
+    int8_max_error: float = MAX_TOP1_PROBABILITY_ERROR
 
     @property
     def model_name(self) -> str:
@@ -77,6 +92,45 @@ def model_config(request: BuildRequest, preprocessing: Preprocessing) -> ModelCo
     return ModelConfig(handler=handler)
 
 
+def compile_and_check(
+    request: BuildRequest, loaded: LoadedWeights, model_file: Path
+) -> dict[str, Any]:
+    """Write ``model_file`` in the requested format and check it against the eager model: the
+    same top-5 and close logits (``parity``), or for int8, the quality gate on photos held aside
+    from calibration (``quality``). Returns what the provenance records of the checks."""
+    _, exporter = EXPORTERS[request.model_format]
+    if request.model_format != "int8":
+        eager = prepare_for_inference(loaded.model)
+        compiled = exporter(eager, model_file, loaded.preprocessing)
+        parity = check_parity(eager, compiled, parity_inputs(loaded.preprocessing.crop_size))
+        return {"parity": parity.as_dict()}
+    calibration = calibration_set(loaded.preprocessing, request.calibration)
+    checks: dict[str, Any] = {
+        "calibration": {
+            "images": len(calibration.images),
+            "photos": calibration.sources,
+            "held_aside": calibration.held_aside_sources,
+        }
+    }
+    if not loaded.provenance["trained"]:  # so that the gate can fail (quantization.py)
+        estimate_batchnorm(loaded.model, calibration.images)
+        scale = calibrate_confidence(loaded.model, calibration.images)
+        checks["calibration"]["untrained"] = (
+            "BatchNorm statistics estimated on the calibration images; last layer scaled by "
+            f"{scale:.2f} to a mean top-1 probability of {TRAINED_CONFIDENCE}"
+        )
+    eager = prepare_for_inference(loaded.model)
+    compiled = exporter(eager, model_file, loaded.preprocessing, images=calibration.images)
+    quality = check_quality(
+        eager,
+        compiled,
+        calibration.held_aside,
+        min_top1_agreement=request.int8_min_agreement,
+        max_top1_probability_error=request.int8_max_error,
+    )
+    return {**checks, "quality": quality.as_dict()}
+
+
 def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:
     """Load weights, compile, check parity, and write the archive inputs for one model."""
     arch = check_architecture(request.architecture)
@@ -85,15 +139,19 @@ def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:
     name = request.model_name
     if not name.replace("_", "").replace("-", "").isalnum():
         raise BuildError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
+    if request.calibration is not None and request.model_format != "int8":
+        raise BuildError("CALIBRATION goes with FORMAT=int8 (the only format it calibrates)")
+    for threshold in (request.int8_min_agreement, request.int8_max_error):
+        if not 0 <= threshold <= 1:
+            raise BuildError(f"INT8_MIN_AGREEMENT and INT8_MAX_ERROR are in 0..1, not {threshold}")
     loaded = load_weights(arch, request.weights, labels=request.labels, seed=request.seed)
     config = model_config(request, loaded.preprocessing)  # a bad setting stops the build here
-    eager = prepare_for_inference(loaded.model)
-
-    suffix, exporter = EXPORTERS[request.model_format]
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_file = out_dir / f"{name}{suffix}"
-    compiled = exporter(eager, model_file, loaded.preprocessing)
-    parity = check_parity(eager, compiled, parity_inputs(loaded.preprocessing.crop_size))
+    model_file = out_dir / f"{name}{EXPORTERS[request.model_format][0]}"
+    try:
+        checks = compile_and_check(request, loaded, model_file)
+    except (ExportError, CalibrationError, QualityError) as err:
+        raise BuildError(str(err)) from None
 
     archive_dir = out_dir / name
     write_label_map(loaded.categories, archive_dir / "index_to_name.json")
@@ -108,7 +166,7 @@ def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:
         "weights": {"requested": request.weights, **loaded.provenance},
         "num_classes": len(loaded.categories),
         "preprocessing": dataclasses.asdict(loaded.preprocessing),
-        "parity": parity.as_dict(),
+        **checks,
         "model_file": model_file.name,
         "sha256": sha256_of(model_file),
         "versions": {

@@ -14,10 +14,11 @@ from resnet_mar.architectures import (
     UnknownArchitectureError,
     check_architecture,
 )
-from resnet_mar.build import BuildError, BuildRequest, build_model
+from resnet_mar.build import BuildError, BuildRequest, BuildResult, build_model
 from resnet_mar.kserve_storage import KServeError
 from resnet_mar.labels import LabelMapError, torchvision_imagenet_categories, write_label_map
 from resnet_mar.parity import ParityError
+from resnet_mar.quantization import MAX_TOP1_PROBABILITY_ERROR, MIN_TOP1_AGREEMENT
 from resnet_mar.torchserve import ServerError
 from resnet_mar.weights import WeightsError
 
@@ -47,6 +48,9 @@ def cmd_build(args: argparse.Namespace) -> None:
             model_format=args.format,
             seed=args.seed,
             jpeg_draft_factor=args.jpeg_draft,
+            calibration=args.calibration,
+            int8_min_agreement=args.int8_min_agreement,
+            int8_max_error=args.int8_max_error,
         )
         print(
             f"[{position}/{len(args.models)}] {request.model_name}: {arch}, "
@@ -54,13 +58,26 @@ def cmd_build(args: argparse.Namespace) -> None:
             flush=True,
         )
         result = build_model(request, args.out)
-        parity = result.provenance["parity"]
         print(
-            f"    wrote {result.model_file} and {result.provenance_file} "
-            f"(parity: top-5 identical, max |diff| {parity['max_abs_diff']:.2e} "
-            f"<= {parity['tolerance']:.2e} on {parity['inputs']} inputs)",
+            f"    wrote {result.model_file} and {result.provenance_file} ({checked(result)})",
             flush=True,
         )
+
+
+def checked(result: BuildResult) -> str:
+    """What the build checked the compiled model against, in a few words."""
+    if "quality" in result.provenance:
+        q = result.provenance["quality"]
+        return (
+            f"int8 vs FP32 on {q['photos']} held-aside photos: top-1 agreement "
+            f"{q['top1_agreement']:.0%}, top-5 overlap {q['mean_top5_overlap']:.0%}, top-1 "
+            f"probability within {q['max_top1_probability_error']:.3f}"
+        )
+    parity = result.provenance["parity"]
+    return (
+        f"parity: top-5 identical, max |diff| {parity['max_abs_diff']:.2e} "
+        f"<= {parity['tolerance']:.2e} on {parity['inputs']} inputs"
+    )
 
 
 def cmd_labels(args: argparse.Namespace) -> None:
@@ -163,6 +180,21 @@ def parser() -> argparse.ArgumentParser:
         metavar="FACTOR",
         help="0 (the schema's default): decode JPEGs fully (exact answers); 2: reduced-scale "
         "decoding of JPEGs over 2 x 2 x resize_size (faster, answers move slightly)",
+    )
+    build.add_argument(
+        "--calibration", type=Path, help="FORMAT=int8: a folder of calibration images"
+    )
+    build.add_argument(
+        "--int8-min-agreement",
+        type=float,
+        default=MIN_TOP1_AGREEMENT,
+        help="FORMAT=int8: the share of held-aside photos whose top-1 must equal FP32's",
+    )
+    build.add_argument(
+        "--int8-max-error",
+        type=float,
+        default=MAX_TOP1_PROBABILITY_ERROR,
+        help="FORMAT=int8: the largest error allowed on the probability of FP32's top-1 class",
     )
     build.add_argument("--out", type=Path, default=Path("build"))
     build.set_defaults(func=cmd_build)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +26,12 @@ from resnet_mar.parity import Forward
 #: four warnings per model would bury the build's own progress lines.
 JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
 
-Exporter = Callable[[torch.nn.Module, Path, Preprocessing], Forward]
+Exporter = Callable[..., Forward]
+
+
+class ExportError(RuntimeError):
+    """A serialized model this machine cannot produce or run; says why."""
+
 
 #: The extra file a TorchScript model carries its preprocessing in (``torch.jit.save``'s
 #: ``_extra_files``), so a consumer without Python (``cpp/classify.cpp``, through
@@ -104,8 +111,52 @@ def export_aoti(model: torch.nn.Module, path: Path, preprocessing: Preprocessing
     return torch._inductor.aoti_load_package(str(path))
 
 
+def export_openvino(model: torch.nn.Module, path: Path, preprocessing: Preprocessing) -> Forward:
+    """The ONNX export, run by OpenVINO's CPU plugin in FP32 (OpenVINO reads ONNX directly, as
+    fast as its own IR, and the archive keeps one file)."""
+    export_onnx(model, path, preprocessing)
+    return openvino_forward(path)
+
+
+def export_int8(
+    model: torch.nn.Module, path: Path, preprocessing: Preprocessing, *, images: torch.Tensor
+) -> Forward:
+    """The ONNX export, quantized to int8 by NNCF on the calibration ``images``
+    (resnet_mar/quantization.py), run by OpenVINO."""
+    from resnet_mar.quantization import quantize_onnx
+
+    fp32 = path.with_name(path.name.removesuffix(".int8.onnx") + ".fp32.onnx")
+    export_onnx(model, fp32, preprocessing)
+    try:
+        quantize_onnx(fp32, path, images)
+    finally:
+        fp32.unlink(missing_ok=True)
+    return openvino_forward(path)
+
+
+def openvino_forward(path: Path) -> Forward:
+    """The served file through the handler's own OpenVINO runtime, once a child process has
+    compiled it on this CPU: a crash while compiling (openvino#35943 reports one on a Zen 4
+    CPU) then stops the build with a message instead of killing it."""
+    from model_runtimes import load_openvino
+
+    compile_here = "import sys, openvino; openvino.Core().compile_model(sys.argv[1], 'CPU')"
+    probe = subprocess.run(
+        [sys.executable, "-c", compile_here, str(path)], capture_output=True, text=True, timeout=600
+    )
+    if probe.returncode != 0:
+        raise ExportError(
+            f"OpenVINO cannot compile {path.name} on this CPU (exit {probe.returncode}): "
+            f"{probe.stderr.strip()[-500:]}; use another FORMAT here"
+        )
+    return load_openvino(str(path), torch.get_num_threads())
+
+
 EXPORTERS: dict[str, tuple[str, Exporter]] = {
     "torchscript": (".pt", export_torchscript),
     "onnx": (".onnx", export_onnx),
     "aoti": (".pt2", export_aoti),
+    "openvino": (".onnx", export_openvino),
+    # Needs calibration images too (resnet_mar/build.py passes them).
+    "int8": (".int8.onnx", export_int8),
 }
