@@ -1,10 +1,12 @@
 """Integration: make serve and make stop (``python -m resnet_mar serve|stop``) as a user runs
-them: the owner scales through the management socket, stop answers what is queued before it
-stops, and nothing of the server is left afterwards."""
+them, on one CPU (``taskset -c 0``): the archive built on this machine resolves one thread and
+answers the same; the owner scales through the management socket; stop answers what is queued
+before it stops, and nothing of the server is left afterwards."""
 
 from __future__ import annotations
 
 import http.client
+import os
 import shutil
 import subprocess
 import sys
@@ -13,16 +15,21 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from resnet_mar.server_doors import REPO_ROOT, ServerFolder, host_and_port
 from resnet_mar.torchserve import ServerState, _members, config_with_free_ports, management_call
+from tests.reference import assert_same_answer, reference_answer
 
 pytestmark = pytest.mark.integration
 
 
-def cli(*args: str, timeout: float = 420) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 420, cpus: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m resnet_mar``, pinned to ``cpus`` (taskset) when given: TorchServe, its
+    workers and its forwarders inherit the affinity."""
+    pinned = ["taskset", "-c", cpus] if cpus else []
     return subprocess.run(
-        [sys.executable, "-m", "resnet_mar", *args],
+        [*pinned, sys.executable, "-m", "resnet_mar", *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
     )  # fmt: skip
 
@@ -73,7 +80,9 @@ class Flood:
             thread.join(120)
 
 
-def test_serve_scale_drain_and_stop(model_store: Path, tmp_path: Path, photo_bytes) -> None:
+def test_serve_scale_drain_and_stop(
+    model_store: Path, tmp_path: Path, photo_bytes, references
+) -> None:
     store = tmp_path / "store"
     store.mkdir()
     shutil.copy(model_store / "resnet18.mar", store)
@@ -81,12 +90,24 @@ def test_serve_scale_drain_and_stop(model_store: Path, tmp_path: Path, photo_byt
     config.write_text(config_with_free_ports((REPO_ROOT / "config.properties").read_text()))
     folder = ServerFolder(tmp_path / "run")
 
+    assert shutil.which("taskset"), "taskset (util-linux) is needed for this test"
+    assert len(os.sched_getaffinity(0)) >= 2, "needs 2 CPUs to tell one CPU from all"
     served = cli(
-        "serve", "--config", str(config), "--model-store", str(store), "--folder", str(folder.root)
-    )
+        "serve", "--config", str(config), "--model-store", str(store), "--folder",
+        str(folder.root), cpus="0",
+    )  # fmt: skip
     assert served.returncode == 0, served.stdout + served.stderr
     state = ServerState.load(folder)
     assert f"curl -T photo.jpg {state.endpoints.inference}/predictions/resnet18" in served.stdout
+
+    # Built here on 2 CPUs, served on one: the worker resolves one thread, answers unchanged.
+    model_log = (folder.logs / "model_log.log").read_text(errors="replace")
+    assert "(torchscript): 1000 classes, threads=1," in model_log
+    model, labels = references["resnet18"]
+    answer = requests.put(
+        f"{state.endpoints.inference}/predictions/resnet18", data=photo_bytes["coffee"], timeout=120
+    )
+    assert_same_answer(answer.json(), reference_answer(model, labels, photo_bytes["coffee"]))
     again = cli(
         "serve", "--config", str(config), "--model-store", str(store), "--folder", str(folder.root)
     )
