@@ -8,6 +8,7 @@ WEIGHTS     ?= DEFAULT
 LABELS      ?=
 NAME        ?=
 FORMAT      ?= torchscript
+JIT         ?= script
 VERSION     ?= 1.0
 SEED        ?= 0
 JPEG_DRAFT  ?=
@@ -39,6 +40,7 @@ help: ## list targets and variables
 	@echo "  LABELS=$(LABELS)    label map JSON for a checkpoint in WEIGHTS (sets the number of classes)"
 	@echo "  NAME=$(NAME)        served name for a single model (default: its architecture)"
 	@echo "  FORMAT=$(FORMAT)    serialized format: torchscript | onnx (ONNX Runtime) | aoti (AOTInductor .pt2)"
+	@echo "  JIT=$(JIT)          FORMAT=torchscript: script (compiles the code) | trace (records a run on real photos)"
 	@echo "  VERSION=$(VERSION)  archive version (/predictions/<name>/<version>)"
 	@echo "  SEED=$(SEED)        seed of untrained weights (WEIGHTS=none)"
 	@echo "  JPEG_DRAFT=$(JPEG_DRAFT)  empty or 0: exact full JPEG decoding | 2: large JPEGs decoded at reduced scale (faster)"
@@ -81,7 +83,7 @@ labels: $(STAMP) ## regenerate index_to_name.json from torchvision's ImageNet ca
 # --- Builds and archives: real files, rebuilt only when something they come from changed.
 # A served name's architecture: MODELS when NAME renames one model, else the name itself.
 arch = $(if $(NAME),$(MODELS),$(1))
-build_request = arch=$(call arch,$(1)) weights=$(WEIGHTS) labels=$(LABELS) format=$(FORMAT) seed=$(SEED) jpeg_draft=$(JPEG_DRAFT)
+build_request = arch=$(call arch,$(1)) weights=$(WEIGHTS) labels=$(LABELS) format=$(FORMAT) jit=$(JIT) seed=$(SEED) jpeg_draft=$(JPEG_DRAFT)
 BUILD_SOURCES := $(wildcard resnet_mar/*.py) handlers/serving_schema.py
 HANDLER_FILES := $(wildcard handlers/*.py)
 BUILT    := $(NAMES:%=$(BUILD)/%.json)
@@ -89,7 +91,7 @@ ARCHIVES := $(NAMES:%=$(MODEL_STORE)/%.mar)
 .PRECIOUS: $(BUILD)/%.request $(BUILD)/%.version $(BUILD)/%.json
 
 # What a build or an archive was asked for, rewritten only when that changes (so a new WEIGHTS,
-# FORMAT or VERSION rebuilds, and an unchanged one does not).
+# FORMAT, JIT or VERSION rebuilds, and an unchanged one does not).
 $(BUILD)/%.request: FORCE
 	@mkdir -p $(@D); echo '$(call build_request,$*)' | cmp -s - $@ || echo '$(call build_request,$*)' > $@
 $(BUILD)/%.version: FORCE
@@ -98,12 +100,12 @@ $(BUILD)/%.version: FORCE
 $(BUILD)/%.json: $(BUILD)/%.request $(BUILD_SOURCES) $(wildcard $(WEIGHTS) $(LABELS)) | $(STAMP)
 	$(BIN)/python -m resnet_mar build --models $(call arch,$*) --weights $(WEIGHTS) \
 		$(if $(LABELS),--labels $(LABELS)) $(if $(NAME),--name $*) --format $(FORMAT) \
-		--seed $(SEED) $(if $(JPEG_DRAFT),--jpeg-draft $(JPEG_DRAFT)) --out $(BUILD)
+		--jit $(JIT) --seed $(SEED) $(if $(JPEG_DRAFT),--jpeg-draft $(JPEG_DRAFT)) --out $(BUILD)
 
 $(MODEL_STORE)/%.mar: $(BUILD)/%.json $(BUILD)/%.version $(HANDLER_FILES) archive.sh
 	./archive.sh -b $(BUILD) -s $(MODEL_STORE) -v $(VERSION) $*
 
-script: $(BUILT) ## compile MODELS (FORMAT, default TorchScript) into build/, checked against eager
+script: $(BUILT) ## compile MODELS (FORMAT, JIT) into build/, checked against eager on real photos
 archive: $(ARCHIVES) ## pack model_store/<name>.mar per model (archive.sh); rebuilds only what changed
 
 # --- Serving.

@@ -18,6 +18,7 @@ from resnet_mar.build import BuildError, BuildRequest, build_model
 from resnet_mar.kserve_storage import KServeError
 from resnet_mar.labels import LabelMapError, imagenet_categories, write_label_map
 from resnet_mar.parity import ParityError
+from resnet_mar.photos import PhotosMissingError
 from resnet_mar.torchserve import ServerError
 from resnet_mar.weights import WeightsError
 
@@ -30,6 +31,7 @@ USER_ERRORS = (
     ServerError,
     SchemaError,
     KServeError,
+    PhotosMissingError,
 )
 
 
@@ -45,12 +47,14 @@ def cmd_build(args: argparse.Namespace) -> None:
             labels=args.labels,
             name=args.name,
             model_format=args.format,
+            jit=args.jit,
             seed=args.seed,
             jpeg_draft_factor=args.jpeg_draft,
         )
+        jit = f", jit={args.jit}" if args.format == "torchscript" else ""
         print(
             f"[{position}/{len(args.models)}] {request.model_name}: {arch}, "
-            f"weights={args.weights}, format={args.format} ...",
+            f"weights={args.weights}, format={args.format}{jit} ...",
             flush=True,
         )
         result = build_model(request, args.out)
@@ -58,7 +62,8 @@ def cmd_build(args: argparse.Namespace) -> None:
         print(
             f"    wrote {result.model_file} and {result.provenance_file} "
             f"(parity: top-5 identical, max |diff| {parity['max_abs_diff']:.2e} "
-            f"<= {parity['tolerance']:.2e} on {parity['inputs']} inputs)",
+            f"<= {parity['tolerance']:.2e} on {parity['inputs']} images: photos and random, "
+            f"{len(parity['checked_on'])} batches)",
             flush=True,
         )
 
@@ -155,6 +160,12 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--labels", type=Path, help="label map JSON for a checkpoint")
     build.add_argument("--name", help="served name for a single model (default: its arch)")
     build.add_argument("--format", default="torchscript")
+    build.add_argument(
+        "--jit",
+        default="script",
+        help="FORMAT=torchscript: script (compiles the code, keeps control flow) or trace "
+        "(records one run on real photos; for models script cannot compile)",
+    )
     build.add_argument("--seed", type=int, default=0, help="seed of untrained weights")
     build.add_argument(
         "--jpeg-draft",

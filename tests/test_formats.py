@@ -43,7 +43,11 @@ def test_build_records_parity_and_format(built: BuildResult) -> None:
     assert provenance["sha256"] == sha256_of(built.model_file)
     parity = provenance["parity"]
     assert parity["top5_identical"] is True
-    assert parity["batch_sizes"] == [1, 3, 8]
+    assert [c["batch_size"] for c in parity["checked_on"]] == [1, 1, 1, 1, 1, 3, 8, 1, 3, 16]
+    # The handler feeds channels-last batches to TorchScript only; the check feeds what it does.
+    layouts = {c["layout"] for c in parity["checked_on"] if c["batch_size"] > 1}
+    assert layouts == ({"channels_last"} if model_format == "torchscript" else {"nchw"})
+    assert provenance["jit"] == ({"mode": "script"} if model_format == "torchscript" else None)
     assert 0 <= parity["max_abs_diff"] <= parity["tolerance"]
     config = yaml.safe_load((built.archive_dir / "model-config.yaml").read_text())
     assert config["handler"]["model_format"] == model_format
