@@ -56,7 +56,7 @@ setup: $(STAMP) host-tools ## create .venv with the pinned stack; check Java >= 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,onnx,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,onnx,bench,explain]'
 	@touch $@
 	@echo "setup: $(VENV) ready ($$($(BIN)/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'))"
 

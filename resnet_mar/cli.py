@@ -97,6 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     for name in names:
         print(f"{name}: {len(statuses[name])} worker(s) READY")
         print(f"  curl -T photo.jpg {server.endpoints.inference}/predictions/{name}")
+        print(f"  curl -T photo.jpg {server.endpoints.inference}/explanations/{name}")
     socket = server.endpoints.management.removeprefix("unix:")
     print(f"management (owner only): curl --unix-socket {socket} http://localhost/models")
     print(f"metrics: curl {server.endpoints.metrics}/metrics    stop: make stop")
