@@ -8,6 +8,7 @@ WEIGHTS     ?= DEFAULT
 LABELS      ?=
 NAME        ?=
 FORMAT      ?= torchscript
+JIT         ?= script
 VERSION     ?= 1.0
 SEED        ?= 0
 JPEG_DRAFT  ?=
@@ -43,6 +44,7 @@ help: ## list targets and variables
 	@echo "  NAME=$(NAME)        served name for a single model (default: its architecture)"
 	@echo "  FORMAT=$(FORMAT)    serialized format: torchscript | onnx (ONNX Runtime) | aoti (AOTInductor .pt2)"
 	@echo "         | openvino (OpenVINO FP32) | int8 (NNCF post-training int8, run by OpenVINO)"
+	@echo "  JIT=$(JIT)          FORMAT=torchscript: script (compiles the code) | trace (records a run on real photos)"
 	@echo "  CALIBRATION=$(CALIBRATION)  FORMAT=int8: a folder of calibration photos (empty: photos packaged with scikit-image and matplotlib)"
 	@echo "  INT8_MIN_AGREEMENT=$(INT8_MIN_AGREEMENT) INT8_MAX_ERROR=$(INT8_MAX_ERROR)  FORMAT=int8 quality gate on held-aside photos (empty: 0.8 top-1 agreement, 0.05 top-1 probability)"
 	@echo "  VERSION=$(VERSION)  archive version (/predictions/<name>/<version>)"
@@ -60,7 +62,7 @@ setup: $(STAMP) host-tools ## create .venv with the pinned stack; check Java >= 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,onnx,bench,openvino]'
+	$(BIN)/pip install --quiet -e '.[dev,onnx,bench,openvino,explain]'
 	@touch $@
 	@echo "setup: $(VENV) ready ($$($(BIN)/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'))"
 
@@ -87,7 +89,7 @@ labels: $(STAMP) ## regenerate index_to_name.json from torchvision's ImageNet ca
 # --- Builds and archives: real files, rebuilt only when something they come from changed.
 # A served name's architecture: MODELS when NAME renames one model, else the name itself.
 arch = $(if $(NAME),$(MODELS),$(1))
-build_request = arch=$(call arch,$(1)) weights=$(WEIGHTS) labels=$(LABELS) format=$(FORMAT) seed=$(SEED) jpeg_draft=$(JPEG_DRAFT) calibration=$(CALIBRATION) int8=$(INT8_MIN_AGREEMENT),$(INT8_MAX_ERROR)
+build_request = arch=$(call arch,$(1)) weights=$(WEIGHTS) labels=$(LABELS) format=$(FORMAT) jit=$(JIT) seed=$(SEED) jpeg_draft=$(JPEG_DRAFT) calibration=$(CALIBRATION) int8=$(INT8_MIN_AGREEMENT),$(INT8_MAX_ERROR)
 BUILD_SOURCES := $(wildcard resnet_mar/*.py) handlers/serving_schema.py
 HANDLER_FILES := $(wildcard handlers/*.py)
 BUILT    := $(NAMES:%=$(BUILD)/%.json)
@@ -95,7 +97,7 @@ ARCHIVES := $(NAMES:%=$(MODEL_STORE)/%.mar)
 .PRECIOUS: $(BUILD)/%.request $(BUILD)/%.version $(BUILD)/%.json
 
 # What a build or an archive was asked for, rewritten only when that changes (so a new WEIGHTS,
-# FORMAT or VERSION rebuilds, and an unchanged one does not).
+# FORMAT, JIT or VERSION rebuilds, and an unchanged one does not).
 $(BUILD)/%.request: FORCE
 	@mkdir -p $(@D); echo '$(call build_request,$*)' | cmp -s - $@ || echo '$(call build_request,$*)' > $@
 $(BUILD)/%.version: FORCE
@@ -104,7 +106,7 @@ $(BUILD)/%.version: FORCE
 $(BUILD)/%.json: $(BUILD)/%.request $(BUILD_SOURCES) $(wildcard $(WEIGHTS) $(LABELS) $(CALIBRATION)) | $(STAMP)
 	$(BIN)/python -m resnet_mar build --models $(call arch,$*) --weights $(WEIGHTS) \
 		$(if $(LABELS),--labels $(LABELS)) $(if $(NAME),--name $*) --format $(FORMAT) \
-		--seed $(SEED) $(if $(JPEG_DRAFT),--jpeg-draft $(JPEG_DRAFT)) \
+		--jit $(JIT) --seed $(SEED) $(if $(JPEG_DRAFT),--jpeg-draft $(JPEG_DRAFT)) \
 		$(if $(CALIBRATION),--calibration $(CALIBRATION)) \
 		$(if $(INT8_MIN_AGREEMENT),--int8-min-agreement $(INT8_MIN_AGREEMENT)) \
 		$(if $(INT8_MAX_ERROR),--int8-max-error $(INT8_MAX_ERROR)) --out $(BUILD)
@@ -112,7 +114,7 @@ $(BUILD)/%.json: $(BUILD)/%.request $(BUILD_SOURCES) $(wildcard $(WEIGHTS) $(LAB
 $(MODEL_STORE)/%.mar: $(BUILD)/%.json $(BUILD)/%.version $(HANDLER_FILES) archive.sh
 	./archive.sh -b $(BUILD) -s $(MODEL_STORE) -v $(VERSION) $*
 
-script: $(BUILT) ## compile MODELS (FORMAT, default TorchScript) into build/, checked against eager
+script: $(BUILT) ## compile MODELS (FORMAT, JIT) into build/, checked against eager on real photos
 archive: $(ARCHIVES) ## pack model_store/<name>.mar per model (archive.sh); rebuilds only what changed
 
 # --- Serving.

@@ -19,6 +19,7 @@ content type, as tritonclient sends it, or gRPC's ``data`` field), so both are r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -46,6 +47,9 @@ class ParsedRequest:
     #: Open Inference only: the request's ``id`` (echoed) and the outputs it asked for.
     request_id: str | None = None
     outputs: tuple[str, ...] = V2_OUTPUTS
+    #: An explanation, not a prediction: TorchServe's ``/explanations/<model>`` and v1
+    #: ``:explain`` (and v2 ``/explain``) send the header ``explain: True`` (explanations.py).
+    explain: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,22 @@ def read_request(
     num_classes: int,
     max_images: int,
 ) -> ParsedRequest:
-    """One TorchServe request (and its lower-cased headers) -> what it asks; raises BadInput."""
+    """One TorchServe request (and its lower-cased headers) -> what it asks, a prediction or
+    an explanation (TorchServe's ``explain`` header); raises BadInput."""
+    return dataclasses.replace(
+        _read_body(request, headers, default_topk, num_classes, max_images),
+        explain=headers.get("explain") == "True",
+    )
+
+
+def _read_body(
+    request: dict[str, Any],
+    headers: dict[str, str],
+    default_topk: int,
+    num_classes: int,
+    max_images: int,
+) -> ParsedRequest:
+    """The images and options the body carries, read by its protocol."""
     protocol, document = protocol_of(request)
     header_topk = {name: headers[key] for key, name in OPTION_HEADERS.items() if key in headers}
     if protocol == PREDICTIONS:

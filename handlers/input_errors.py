@@ -1,4 +1,5 @@
-"""The one error type the handler answers users with: an HTTP 4xx and a JSON body.
+"""The one error type the handler answers users with: an HTTP 4xx and a JSON body (or a 501
+for an explanation the worker cannot give, explanations.py).
 
 Every way a request can be wrong maps to one of these, so a bad request is refused alone and
 never fails its batch or its worker.

@@ -28,8 +28,16 @@ def load_torchscript(path: str, threads: int) -> Forward:
 
 def load_aoti(path: str, threads: int) -> Forward:
     """An AOTInductor ``.pt2`` package: compiled C++ kernels plus aten calls, all parallelised
-    with torch's intra-op pool (the kernels read its size when they run, not when compiled)."""
-    return torch._inductor.aoti_load_package(path)
+    with torch's intra-op pool (the kernels read its size when they run, not when compiled).
+
+    The kernels assume the contiguous NCHW strides they were compiled for: a strided input
+    (a view, channels-last) gives wrong answers without any error, so it is made contiguous."""
+    package = torch._inductor.aoti_load_package(path)
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return package(batch.contiguous())
+
+    return forward
 
 
 def load_onnx(path: str, threads: int) -> Forward:

@@ -12,15 +12,18 @@ Stages, each a function of its input that runs without a server:
     classify        that batch -> probabilities, in one forward pass for every image of every
                     request in the TorchServe batch
     encode_answer   each request's probability rows -> its answer, in its protocol's shape
+    explain         an explanation request's image -> integrated gradients of its top-1 class
+                    (explanations.py), one request after the other, after the forward pass
 ``handle`` ties them together for a TorchServe batch. Everything done for one request runs
-under a guard: whatever goes wrong there becomes that request's own 4xx (set with
-``context.set_response_status``), never the 503 TorchServe gives a whole batch whose handler
-raised. TorchServe takes the one class this module defines as its entry point, so every other
-type lives in a sibling module.
+under a guard: whatever goes wrong there becomes that request's own 4xx (or 501, for an
+explanation this worker cannot give; set with ``context.set_response_status``), never the 503
+TorchServe gives a whole batch whose handler raised. TorchServe takes the one class this
+module defines as its entry point, so every other type lives in a sibling module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -33,6 +36,15 @@ import torch
 from compute_gate import ComputeGate
 from cpu_budget import usable_cpus
 from envelope_bypass import bypass_envelopes
+from explanations import (
+    black_baseline,
+    channels_last,
+    encode_explanation,
+    explanation_answer,
+    integrated_gradients,
+    refusal,
+    unavailable,
+)
 from image_decoding import decode_rgb
 from inference_protocols import (
     ModelIdentity,
@@ -129,6 +141,14 @@ def environment_advice(expected: Mapping[str, str], environ: Mapping[str, str]) 
     )
 
 
+def rows_per_request(
+    crops: list[list[torch.Tensor] | BadInput], probabilities: torch.Tensor
+) -> list[list[torch.Tensor]]:
+    """The batch's probability rows, split by request (none for a refused one)."""
+    rows = iter(probabilities)
+    return [[next(rows) for _ in own] if isinstance(own, list) else [] for own in crops]
+
+
 def guarded(step: Callable[..., T], *args: Any) -> T | BadInput:
     """``step(*args)``, or the BadInput its request is answered with. An unexpected error is
     logged with its traceback and still answered as this request's 400: it came from this
@@ -162,6 +182,7 @@ class ResNetClassifierHandler:
             os.path.join(model_dir, serialized), self.settings.model_format, self.threads
         )
         self.labels = load_labels(model_dir)
+        self._cannot_explain = unavailable(self.settings.model_format)
         self.identity = ModelIdentity(
             name=context.model_name, version=str(context.manifest["model"].get("modelVersion", ""))
         )
@@ -180,13 +201,17 @@ class ResNetClassifierHandler:
         self.initialized = True
         pre = self.settings.preprocessing
         logger.info(
-            "loaded %s (%s): %d classes, threads=%d, preprocessing resize %d crop %d",
+            "loaded %s (%s): %d classes, threads=%d, preprocessing resize %d crop %d; %s",
             serialized,
             self.settings.model_format,
             len(self.labels),
             self.threads,
             pre.resize_size,
             pre.crop_size,
+            f"explanations: {self.settings.ig_steps} steps"
+            if self._cannot_explain is None
+            else f"explanation requests get {self._cannot_explain.status}: "
+            f"{self._cannot_explain.message}",
         )
 
     def _warm_up(self) -> None:
@@ -229,13 +254,15 @@ class ResNetClassifierHandler:
             crops = self._decode_requests(parsed)
             good = [crop for own in crops if isinstance(own, list) for crop in own]
             probabilities = self.classify(self.batch_input(good)) if good else torch.empty(0)
-        rows = iter(probabilities)
+            rows = rows_per_request(crops, probabilities)
+            explained = self._explain_requests(parsed, crops, rows)
         answers = []
         for idx, (request, own) in enumerate(zip(parsed, crops, strict=True)):
             outcome: Any = own if isinstance(own, BadInput) else request
-            if isinstance(outcome, ParsedRequest):
-                own_rows = [next(rows) for _ in own]
-                outcome = guarded(encode_answer, outcome, own_rows, self.labels, self.identity)
+            if idx in explained:
+                outcome = explained[idx]
+            elif isinstance(outcome, ParsedRequest):
+                outcome = guarded(encode_answer, outcome, rows[idx], self.labels, self.identity)
             protocol = request.protocol if isinstance(request, ParsedRequest) else None
             answers.append(self._respond(idx, outcome, protocol, data[idx], context))
             if came_over_grpc(headers[idx]):
@@ -250,13 +277,52 @@ class ResNetClassifierHandler:
         return [answer[0] for answer in answers]
 
     def _read(self, request: dict[str, Any], headers: dict[str, str]) -> ParsedRequest:
-        return read_request(
+        parsed = read_request(
             request,
             headers,
             default_topk=self.settings.topk,
             num_classes=len(self.labels),
             max_images=self.settings.max_images_per_request,
         )
+        refused = (self._cannot_explain or refusal(parsed)) if parsed.explain else None
+        if refused is not None:
+            # Before decoding: a refused explanation costs nothing. A fresh copy each time: the
+            # worker's one instance, raised again, would keep every request's frames alive.
+            raise dataclasses.replace(refused)
+        return parsed
+
+    def _explain_requests(
+        self,
+        parsed: list[ParsedRequest | BadInput],
+        crops: list[list[torch.Tensor] | BadInput],
+        rows: list[list[torch.Tensor]],
+    ) -> dict[int, str | BadInput]:
+        """Each explanation request's answer (or refusal) by its index, one after the other:
+        each costs ``ig_steps`` forward and backward passes, on all cores."""
+        return {
+            idx: guarded(self.explain, own[0], rows[idx][0], request.protocol)
+            for idx, (request, own) in enumerate(zip(parsed, crops, strict=True))
+            if isinstance(request, ParsedRequest) and request.explain and isinstance(own, list)
+        }
+
+    def explain(self, crop: torch.Tensor, probabilities: torch.Tensor, protocol: str) -> str:
+        """Integrated gradients of the top-1 class of one decoded image, from the black picture
+        (explanations.py), answered as compact JSON in ``protocol``'s shape. The model gets
+        float batches with gradients, outside inference mode, channels-last as predictions."""
+        probability, target = probabilities.max(dim=0)
+        image = model_input([crop], self.settings)
+        attribution = integrated_gradients(
+            channels_last(self.model),
+            image,
+            int(target),
+            baseline=black_baseline(self.settings.preprocessing, image),
+            steps=self.settings.ig_steps,
+            internal_batch=self.settings.ig_internal_batch,
+        )
+        answer = explanation_answer(
+            attribution, self.labels[int(target)], float(probability), self.settings.ig_steps
+        )
+        return encode_explanation(protocol, answer)
 
     def _decode_requests(
         self, parsed: list[ParsedRequest | BadInput]
@@ -285,7 +351,7 @@ class ResNetClassifierHandler:
     def _respond(
         self,
         idx: int,
-        outcome: dict[str, Any] | BadInput,
+        outcome: dict[str, Any] | str | BadInput,
         protocol: str | None,
         request: dict[str, Any],
         context: Any,

@@ -78,6 +78,14 @@ class HandlerSettings:
     #: 0: decode JPEGs fully (answers equal the in-process reference). N >= 1: a JPEG at least
     #: 2N x resize_size on its shorter side is decoded at reduced scale (faster, answers move).
     jpeg_draft_factor: int = 0
+    #: Integrated-gradients explanations (explanations.py): points on the path from the black
+    #: picture to the image, each a forward and a backward pass of one image. The cost of one
+    #: explanation grows with it (measured in the README: Explanations); Captum's convergence
+    #: delta shrinks with it.
+    ig_steps: int = 32
+    #: Images per forward and backward pass of an explanation: bounds its memory (about 50 MB
+    #: per image for resnet50: a worker peaked at 1.2 GB with 4, 1.4 GB with 8), not its time.
+    ig_internal_batch: int = 8
 
     def __post_init__(self) -> None:
         _one_of("handler.model_format", self.model_format, MODEL_FORMATS)
@@ -92,6 +100,8 @@ class HandlerSettings:
         _at_least("handler.max_image_pixels", self.max_image_pixels, 1)
         _at_least("handler.max_images_per_request", self.max_images_per_request, 1)
         _at_least("handler.jpeg_draft_factor", self.jpeg_draft_factor, 0)
+        _at_least("handler.ig_steps", self.ig_steps, 1)
+        _at_least("handler.ig_internal_batch", self.ig_internal_batch, 1)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ Layout written under the build folder (``archive.sh`` packs it, nothing else):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import platform
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from serving_schema import HandlerSettings, ModelConfig, Preprocessing, SchemaEr
 
 from resnet_mar.architectures import check_architecture
 from resnet_mar.calibration import CalibrationError, calibration_set
-from resnet_mar.export import EXPORTERS, ExportError, prepare_for_inference
+from resnet_mar.export import EXPORTERS, JIT_MODES, Exporter, ExportError, prepare_for_inference
 from resnet_mar.labels import write_label_map
-from resnet_mar.parity import check_parity, parity_inputs
+from resnet_mar.parity import Forward, ParityError, ParityReport, check_parity, parity_inputs
+from resnet_mar.photos import photo_tensors
 from resnet_mar.quantization import (
     MAX_TOP1_PROBABILITY_ERROR,
     MIN_TOP1_AGREEMENT,
@@ -47,6 +49,8 @@ class BuildRequest:
     labels: Path | None = None
     name: str | None = None
     model_format: str = "torchscript"
+    #: FORMAT=torchscript only: ``torch.jit.script`` or ``torch.jit.trace`` (export.JIT_MODES).
+    jit: str = "script"
     seed: int = 0
     #: None: the serving schema's default (full decoding).
     jpeg_draft_factor: int | None = None
@@ -74,6 +78,11 @@ class BuildError(ValueError):
     """Raised for a build request that cannot be honoured (bad format, bad name)."""
 
 
+#: The photos (resnet_mar/photos.py) ``JIT=trace`` runs the model on: two, so that no operation
+#: is recorded for a batch of one only; the parity check then runs other batch sizes.
+TRACE_EXAMPLE = ("grace_hopper", "chelsea")
+
+
 def model_config(request: BuildRequest, preprocessing: Preprocessing) -> ModelConfig:
     """The archive's serving settings: the schema's defaults, plus what this build decides."""
     extra = {}
@@ -92,18 +101,84 @@ def model_config(request: BuildRequest, preprocessing: Preprocessing) -> ModelCo
     return ModelConfig(handler=handler)
 
 
+def check_request(request: BuildRequest) -> None:
+    """Refuse what no build can honour, before loading any weights."""
+    if request.model_format not in EXPORTERS:
+        raise BuildError(f"unknown FORMAT {request.model_format!r}; valid: {', '.join(EXPORTERS)}")
+    if request.jit not in JIT_MODES:
+        raise BuildError(f"unknown JIT {request.jit!r}; valid: {', '.join(JIT_MODES)}")
+    if request.jit == "trace" and request.model_format != "torchscript":
+        raise BuildError(
+            f"JIT=trace applies to FORMAT=torchscript only; FORMAT={request.model_format} "
+            "exports through torch.export, which has no JIT choice: drop JIT=trace"
+        )
+    name = request.model_name
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise BuildError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
+    if request.calibration is not None and request.model_format != "int8":
+        raise BuildError("CALIBRATION goes with FORMAT=int8 (the only format it calibrates)")
+    for threshold in (request.int8_min_agreement, request.int8_max_error):
+        if not 0 <= threshold <= 1:
+            raise BuildError(f"INT8_MIN_AGREEMENT and INT8_MAX_ERROR are in 0..1, not {threshold}")
+
+
+def exporter_for(request: BuildRequest, photos: dict[str, torch.Tensor]) -> Exporter:
+    """The format's exporter; for TorchScript, with the JIT asked for and its example batch."""
+    exporter = EXPORTERS[request.model_format][1]
+    if request.model_format != "torchscript":
+        return exporter
+    example = torch.stack([photos[name] for name in TRACE_EXAMPLE]).contiguous()
+    return functools.partial(exporter, jit=request.jit, example=example)
+
+
+def jit_provenance(request: BuildRequest) -> dict[str, Any] | None:
+    """What the provenance records of the JIT: which one, and the trace's example input."""
+    if request.model_format != "torchscript":
+        return None
+    if request.jit == "trace":
+        return {"mode": "trace", "example": [f"photo {name}" for name in TRACE_EXAMPLE]}
+    return {"mode": request.jit}
+
+
+def checked_parity(
+    eager: Forward,
+    compiled: Forward,
+    photos: dict[str, torch.Tensor],
+    *,
+    model_format: str,
+    jit: str,
+) -> ParityReport:
+    """The parity check (resnet_mar/parity.py) on photos and random images, in the layouts the
+    handler feeds ``model_format``; a trace that fails it is told why it may have."""
+    crop_size = next(iter(photos.values())).shape[-1]
+    channels_last = model_format == "torchscript"  # as the handler's batch_input (TorchScript only)
+    try:
+        return check_parity(eager, compiled, parity_inputs(photos, crop_size, channels_last))
+    except ParityError as err:
+        if jit != "trace":
+            raise
+        raise ParityError(
+            f"{err}. JIT=trace recorded one run of the model, on {' and '.join(TRACE_EXAMPLE)}: "
+            "a model whose forward branches on its input's values keeps only the branches that "
+            "run took. Build it with JIT=script"
+        ) from None
+
+
 def compile_and_check(
     request: BuildRequest, loaded: LoadedWeights, model_file: Path
 ) -> dict[str, Any]:
     """Write ``model_file`` in the requested format and check it against the eager model: the
-    same top-5 and close logits (``parity``), or for int8, the quality gate on photos held aside
-    from calibration (``quality``). Returns what the provenance records of the checks."""
-    _, exporter = EXPORTERS[request.model_format]
+    same top-5 and close logits on photos and random images (``parity``), or for int8, the
+    quality gate on photos held aside from calibration (``quality``). Returns what the
+    provenance records of the checks."""
     if request.model_format != "int8":
         eager = prepare_for_inference(loaded.model)
-        compiled = exporter(eager, model_file, loaded.preprocessing)
-        parity = check_parity(eager, compiled, parity_inputs(loaded.preprocessing.crop_size))
-        return {"parity": parity.as_dict()}
+        photos = photo_tensors(loaded.preprocessing)  # missing packages stop the build first
+        compiled = exporter_for(request, photos)(eager, model_file, loaded.preprocessing)
+        parity = checked_parity(
+            eager, compiled, photos, model_format=request.model_format, jit=request.jit
+        )
+        return {"jit": jit_provenance(request), "parity": parity.as_dict()}
     calibration = calibration_set(loaded.preprocessing, request.calibration)
     checks: dict[str, Any] = {
         "calibration": {
@@ -120,6 +195,7 @@ def compile_and_check(
             f"{scale:.2f} to a mean top-1 probability of {TRAINED_CONFIDENCE}"
         )
     eager = prepare_for_inference(loaded.model)
+    exporter = EXPORTERS["int8"][1]
     compiled = exporter(eager, model_file, loaded.preprocessing, images=calibration.images)
     quality = check_quality(
         eager,
@@ -132,18 +208,11 @@ def compile_and_check(
 
 
 def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:
-    """Load weights, compile, check parity, and write the archive inputs for one model."""
+    """Load weights, compile, check parity (or int8 quality), and write the archive inputs for
+    one model."""
     arch = check_architecture(request.architecture)
-    if request.model_format not in EXPORTERS:
-        raise BuildError(f"unknown FORMAT {request.model_format!r}; valid: {', '.join(EXPORTERS)}")
+    check_request(request)
     name = request.model_name
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise BuildError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
-    if request.calibration is not None and request.model_format != "int8":
-        raise BuildError("CALIBRATION goes with FORMAT=int8 (the only format it calibrates)")
-    for threshold in (request.int8_min_agreement, request.int8_max_error):
-        if not 0 <= threshold <= 1:
-            raise BuildError(f"INT8_MIN_AGREEMENT and INT8_MAX_ERROR are in 0..1, not {threshold}")
     loaded = load_weights(arch, request.weights, labels=request.labels, seed=request.seed)
     config = model_config(request, loaded.preprocessing)  # a bad setting stops the build here
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,31 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-import skimage.data
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from serving_schema import Preprocessing
 from torchvision.transforms import v2
 
+from resnet_mar.photos import CALIBRATION_FILES, PhotosMissingError, photo_paths
 from resnet_mar.weights import reference_transforms
 
-SKIMAGE = Path(skimage.data.__file__).parent
-MATPLOTLIB = Path(matplotlib.get_data_path()) / "sample_data"
-DEFAULT_CALIBRATION = [
-    SKIMAGE / name
-    for name in (
-        "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg", "retina.jpg",
-        "ihc.png", "camera.png", "coins.png", "moon.png", "grass.png", "gravel.png", "brick.png",
-    )
-] + [MATPLOTLIB / "Minduka_Present_Blue_Pack.png"]  # fmt: skip
-DEFAULT_HELD_ASIDE = [
-    SKIMAGE / "chelsea.png",
-    SKIMAGE / "coffee.png",
-    SKIMAGE / "astronaut.png",
-    SKIMAGE / "rocket.jpg",
-    MATPLOTLIB / "grace_hopper.jpg",
-]
 #: Images the calibration set holds: each photo once as served, the rest random views of them.
 CALIBRATION_SIZE = 160
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -86,10 +69,10 @@ def calibration_set(
 
 def _photos(folder: Path | None) -> tuple[list[Path], list[Path]]:
     if folder is None:
-        missing = [str(p) for p in DEFAULT_CALIBRATION + DEFAULT_HELD_ASIDE if not p.is_file()]
-        if missing:
-            raise CalibrationError(f"packaged photos missing (make setup): {missing}")
-        return DEFAULT_CALIBRATION, DEFAULT_HELD_ASIDE
+        try:
+            return list(photo_paths(CALIBRATION_FILES).values()), list(photo_paths().values())
+        except PhotosMissingError as err:
+            raise CalibrationError(str(err)) from None
     if not folder.is_dir():
         raise CalibrationError(f"CALIBRATION={folder} is not a folder of images")
     found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -18,6 +18,7 @@ from resnet_mar.build import BuildError, BuildRequest, BuildResult, build_model
 from resnet_mar.kserve_storage import KServeError
 from resnet_mar.labels import LabelMapError, torchvision_imagenet_categories, write_label_map
 from resnet_mar.parity import ParityError
+from resnet_mar.photos import PhotosMissingError
 from resnet_mar.quantization import MAX_TOP1_PROBABILITY_ERROR, MIN_TOP1_AGREEMENT
 from resnet_mar.torchserve import ServerError
 from resnet_mar.weights import WeightsError
@@ -31,6 +32,7 @@ USER_ERRORS = (
     ServerError,
     SchemaError,
     KServeError,
+    PhotosMissingError,
 )
 
 
@@ -46,15 +48,17 @@ def cmd_build(args: argparse.Namespace) -> None:
             labels=args.labels,
             name=args.name,
             model_format=args.format,
+            jit=args.jit,
             seed=args.seed,
             jpeg_draft_factor=args.jpeg_draft,
             calibration=args.calibration,
             int8_min_agreement=args.int8_min_agreement,
             int8_max_error=args.int8_max_error,
         )
+        jit = f", jit={args.jit}" if args.format == "torchscript" else ""
         print(
             f"[{position}/{len(args.models)}] {request.model_name}: {arch}, "
-            f"weights={args.weights}, format={args.format} ...",
+            f"weights={args.weights}, format={args.format}{jit} ...",
             flush=True,
         )
         result = build_model(request, args.out)
@@ -76,7 +80,8 @@ def checked(result: BuildResult) -> str:
     parity = result.provenance["parity"]
     return (
         f"parity: top-5 identical, max |diff| {parity['max_abs_diff']:.2e} "
-        f"<= {parity['tolerance']:.2e} on {parity['inputs']} inputs"
+        f"<= {parity['tolerance']:.2e} on {parity['inputs']} images: photos and random, "
+        f"{len(parity['checked_on'])} batches"
     )
 
 
@@ -110,6 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     for name in names:
         print(f"{name}: {len(statuses[name])} worker(s) READY")
         print(f"  curl -T photo.jpg {server.endpoints.inference}/predictions/{name}")
+        print(f"  curl -T photo.jpg {server.endpoints.inference}/explanations/{name}")
     socket = server.endpoints.management.removeprefix("unix:")
     print(f"management (owner only): curl --unix-socket {socket} http://localhost/models")
     print(f"metrics: curl {server.endpoints.metrics}/metrics    stop: make stop")
@@ -173,6 +179,12 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--labels", type=Path, help="label map JSON for a checkpoint")
     build.add_argument("--name", help="served name for a single model (default: its arch)")
     build.add_argument("--format", default="torchscript")
+    build.add_argument(
+        "--jit",
+        default="script",
+        help="FORMAT=torchscript: script (compiles the code, keeps control flow) or trace "
+        "(records one run on real photos; for models script cannot compile)",
+    )
     build.add_argument("--seed", type=int, default=0, help="seed of untrained weights")
     build.add_argument(
         "--jpeg-draft",

@@ -50,13 +50,39 @@ def prepare_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def export_torchscript(model: torch.nn.Module, path: Path, preprocessing: Preprocessing) -> Forward:
-    """``torch.jit.script`` then freeze: the graph is compiled (control flow kept, unlike
-    tracing), weights become constants and batch norm folds into the convolutions. The file
-    also carries the preprocessing as :data:`PREPROCESSING_FILE`."""
+#: How ``torch.jit`` turns the eager model into TorchScript (``JIT``, FORMAT=torchscript only).
+JIT_MODES = ("script", "trace")
+
+
+def jit_compile(
+    model: torch.nn.Module, jit: str, example: torch.Tensor | None
+) -> torch.jit.ScriptModule:
+    """``script`` compiles the model's Python code, control flow included; ``trace`` runs it once
+    on ``example`` and records the operations that ran, so a branch on the input's values is
+    frozen to the way the example went (the parity check on other photos catches that). Tracing
+    accepts models scripting cannot compile (Python features TorchScript lacks)."""
+    if jit == "script":
+        return torch.jit.script(model)
+    if jit == "trace":
+        if example is None:
+            raise ValueError("JIT=trace needs an example input to run the model on")
+        return torch.jit.trace(model, example)
+    raise ValueError(f"unknown JIT {jit!r}; valid: {', '.join(JIT_MODES)}")
+
+
+def export_torchscript(
+    model: torch.nn.Module,
+    path: Path,
+    preprocessing: Preprocessing,
+    *,
+    jit: str = "script",
+    example: torch.Tensor | None = None,
+) -> Forward:
+    """:func:`jit_compile` then freeze: weights become constants and batch norm folds into the
+    convolutions. The file also carries the preprocessing as :data:`PREPROCESSING_FILE`."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=JIT_DEPRECATION)
-        frozen = torch.jit.freeze(torch.jit.script(model))
+        frozen = torch.jit.freeze(jit_compile(model, jit, example))
         extra_files = {PREPROCESSING_FILE: json.dumps(dataclasses.asdict(preprocessing))}
         torch.jit.save(frozen, str(path), _extra_files=extra_files)
         return torch.jit.load(str(path), map_location="cpu")

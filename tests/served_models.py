@@ -10,6 +10,7 @@ import torch
 import torchvision
 
 from resnet_mar.build import BuildRequest, build_model
+from resnet_mar.torchserve import REPO_ROOT
 
 #: The fine-tuned model's classes (two of them repeat a name once lower-cased, on purpose).
 CUSTOM_LABELS = ["daisy", "dandelion", "rose", "sunflower", "tulip", "crane", "crane (bird)"]
@@ -31,3 +32,10 @@ def build_served_models(out: Path) -> Path:
         BuildRequest("resnet18", weights=str(checkpoint), labels=labels, name="flowers"), out
     )
     return out
+
+
+def max_response_size() -> int:
+    """TorchServe's limit on one answer, as the toolkit's config.properties sets it."""
+    lines = (REPO_ROOT / "config.properties").read_text().splitlines()
+    (value,) = [line.split("=", 1)[1] for line in lines if line.startswith("max_response_size=")]
+    return int(value)

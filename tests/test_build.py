@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from resnet_mar.build import BuildError, BuildRequest, build_model
-from resnet_mar.parity import ParityError, check_parity, parity_inputs
+from resnet_mar.parity import ParityError, check_parity, random_inputs
 from resnet_mar.torchserve import REPO_ROOT
 from resnet_mar.weights import STANDARD_IMAGENET, load_weights, reference_transforms, sha256_of
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
@@ -29,9 +29,27 @@ def test_build_writes_model_labels_config_and_provenance(build_dir: Path) -> Non
     assert provenance["weights"]["trained"] is False
     assert provenance["sha256"] == sha256_of(build_dir / "resnet18.pt")
     assert provenance["preprocessing"]["resize_size"] == 256
+    assert provenance["jit"] == {"mode": "script"}
     parity = provenance["parity"]
     assert parity["top5_identical"] is True
     assert 0 <= parity["max_abs_diff"] <= parity["tolerance"]
+    # Checked on each real photo alone, then on batches up to twice the server's, in the
+    # channels-last layout the handler feeds TorchScript batches of 3 and more.
+    checked = parity["checked_on"]
+    assert {c["source"] for c in checked if c["batch_size"] == 1} >= {
+        "photo chelsea",
+        "photo coffee",
+        "photo astronaut",
+        "photo rocket",
+        "photo grace_hopper",
+    }
+    assert [(c["batch_size"], c["layout"]) for c in checked if c["batch_size"] > 1] == [
+        (3, "channels_last"),
+        (8, "channels_last"),
+        (3, "channels_last"),
+        (16, "channels_last"),
+    ]
+    assert parity["inputs"] == sum(c["batch_size"] for c in checked)
     assert provenance["versions"]["torch"] == torch.__version__
 
     config = yaml.safe_load((build_dir / "resnet18" / "model-config.yaml").read_text())
@@ -51,7 +69,7 @@ def test_scripted_file_matches_the_eager_model(build_dir: Path) -> None:
     """Independent re-check of what the build claims: same seed, same eager model."""
     eager = load_weights("resnet18", "none", seed=0).model.eval()
     scripted = torch.jit.load(str(build_dir / "resnet18.pt"))
-    batch = parity_inputs(224, seed=99)[1]
+    batch = random_inputs(224, channels_last=False, seed=99)[1].batch
     with torch.inference_mode():
         expected, actual = eager(batch), scripted(batch)
     assert torch.equal(expected.topk(5).indices, actual.topk(5).indices)
@@ -68,7 +86,7 @@ def test_custom_label_model_ships_its_own_labels(build_dir: Path) -> None:
 
 def test_parity_check_stops_a_model_that_disagrees() -> None:
     eager = load_weights("resnet18", "none").model.eval()
-    inputs = parity_inputs(64)
+    inputs = random_inputs(64, channels_last=True)
 
     def drifted(batch: torch.Tensor) -> torch.Tensor:
         return eager(batch) + 0.05 * torch.randn(batch.shape[0], 1000)
@@ -80,6 +98,14 @@ def test_parity_check_stops_a_model_that_disagrees() -> None:
 def test_bad_requests_stop_the_build(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="unknown FORMAT"):
         build_model(BuildRequest("resnet18", weights="none", model_format="pickle"), tmp_path)
+    with pytest.raises(BuildError, match="unknown JIT 'compile'; valid: script, trace"):
+        build_model(BuildRequest("resnet18", weights="none", jit="compile"), tmp_path)
+    for model_format in ("onnx", "aoti"):
+        with pytest.raises(BuildError, match="JIT=trace applies to FORMAT=torchscript only"):
+            build_model(
+                BuildRequest("resnet18", weights="none", model_format=model_format, jit="trace"),
+                tmp_path,
+            )
     with pytest.raises(BuildError, match="jpeg_draft_factor must be >= 0"):
         build_model(BuildRequest("resnet18", weights="none", jpeg_draft_factor=-1), tmp_path)
     with pytest.raises(BuildError, match="may hold only"):

@@ -4,9 +4,11 @@ back to the eager model's logits. (FORMAT=int8, checked by a quality gate instea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import model_runtimes
 import pytest
@@ -43,7 +45,11 @@ def test_build_records_parity_and_format(built: BuildResult) -> None:
     assert provenance["sha256"] == sha256_of(built.model_file)
     parity = provenance["parity"]
     assert parity["top5_identical"] is True
-    assert parity["batch_sizes"] == [1, 3, 8]
+    assert [c["batch_size"] for c in parity["checked_on"]] == [1, 1, 1, 1, 1, 3, 8, 1, 3, 16]
+    # The handler feeds channels-last batches to TorchScript only; the check feeds what it does.
+    layouts = {c["layout"] for c in parity["checked_on"] if c["batch_size"] > 1}
+    assert layouts == ({"channels_last"} if model_format == "torchscript" else {"nchw"})
+    assert provenance["jit"] == ({"mode": "script"} if model_format == "torchscript" else None)
     assert 0 <= parity["max_abs_diff"] <= parity["tolerance"]
     config = yaml.safe_load((built.archive_dir / "model-config.yaml").read_text())
     assert config["handler"]["model_format"] == model_format
@@ -64,20 +70,47 @@ def test_handler_runtime_gives_the_eager_logits(built: BuildResult, eager: torch
     assert torch.allclose(expected, actual, rtol=1e-4, atol=1e-4)
 
 
+def served_handler(built: BuildResult, model_dir: Path) -> tuple[ResNetClassifierHandler, Any]:
+    """The handler initialised on the build's files, unpacked as TorchServe would."""
+    for member in (built.model_file, *built.archive_dir.iterdir()):
+        shutil.copy(member, model_dir / member.name)
+    context = FakeContext(model_dir, built.model_file.name)
+    handler = ResNetClassifierHandler()
+    handler.initialize(context)
+    return handler, context
+
+
 def test_handler_serves_every_format(
     built: BuildResult, eager: torch.nn.Module, tmp_path: Path
 ) -> None:
     """``initialize`` picks the runtime from model-config.yaml; ``classify`` gives softmax."""
-    for member in (built.model_file, *built.archive_dir.iterdir()):
-        shutil.copy(member, tmp_path / member.name)
-    handler = ResNetClassifierHandler()
-    handler.initialize(FakeContext(tmp_path, built.model_file.name))
+    handler, _ = served_handler(built, tmp_path)
     batch = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(7))
     probabilities = handler.classify(batch)
     with torch.inference_mode():
         expected = eager(batch).softmax(dim=1)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(2))
     assert torch.allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_explanations_need_a_format_with_gradients(
+    built: BuildResult, tmp_path: Path, photo_bytes, monkeypatch
+) -> None:
+    """TorchScript explains; ONNX Runtime and AOTInductor compute no gradients: 501, while
+    the same worker keeps answering predictions."""
+    handler, context = served_handler(built, tmp_path)
+    monkeypatch.setattr(handler, "settings", dataclasses.replace(handler.settings, ig_steps=4))
+    context.headers = [{"explain": "True"}, {}]
+    photo = photo_bytes["chelsea"]
+    explanation, prediction = handler.handle([{"body": photo}, {"body": photo}], context)
+    assert len(prediction) == 5
+    model_format = built.provenance["format"]
+    if model_format == "torchscript":
+        assert context.statuses == {}
+        assert json.loads(explanation)["steps"] == 4
+    else:
+        assert context.statuses == {0: (501, "ExplanationsUnsupported")}
+        assert f"served as {model_format}" in explanation["message"]
 
 
 def test_unknown_format_is_refused_with_the_valid_ones(tmp_path: Path) -> None:

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 from PIL import Image
 
 from resnet_mar.torchserve import RunningServer
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 from tests.odd_images import broken_inputs, valid_images
 from tests.photos import PHOTOS
-from tests.reference import assert_same_answer, reference_answer
-from tests.served_models import CUSTOM_LABELS, MODELS, VERSION
+from tests.reference import STANDARD_IMAGENET, assert_same_answer, reference_answer
+from tests.served_models import CUSTOM_LABELS, MODELS, VERSION, max_response_size
 from tests.server_probes import worker_pids
 
 pytestmark = pytest.mark.integration
@@ -200,6 +201,69 @@ def test_concurrent_mixed_requests_each_answered_alone(server, references, photo
             assert 400 <= response.status_code < 500, (photo, response.status_code, response.text)
             assert response.json()["message"]
     assert worker_pids(server) == pids_before
+
+
+def check_explanation(explanation: dict, model, labels: dict, body: bytes) -> None:
+    """The top-1 class and its probability equal the in-process reference's, and the map's sum
+    is that class's logit at the photo minus at the black picture, within Captum's delta (plus
+    the rounding to 4 digits), all computed here from the archive's own model."""
+    image = STANDARD_IMAGENET(Image.open(io.BytesIO(body)).convert("RGB")).unsqueeze(0)
+    mean = torch.tensor(STANDARD_IMAGENET.mean).view(1, 3, 1, 1)
+    black = ((0 - mean) / torch.tensor(STANDARD_IMAGENET.std).view(1, 3, 1, 1)).expand_as(image)
+    with torch.inference_mode():
+        at_image, at_black = model(image)[0], model(black.contiguous())[0]
+    target = int(at_image.argmax())
+    assert explanation["label"] == labels[str(target)]
+    probability = float(at_image.softmax(dim=0)[target])
+    assert explanation["probability"] == pytest.approx(probability, abs=1e-4)
+    pixels = torch.tensor(explanation["attributions"], dtype=torch.float64)
+    assert pixels.shape == (224, 224)
+    gap = abs(float(pixels.sum()) - float(at_image[target] - at_black[target]))
+    assert gap <= abs(explanation["delta"]) + 5e-4 * float(pixels.abs().sum()) + 1e-3
+
+
+def test_explanations_endpoint(server, references, photos) -> None:
+    """`curl -T photo.jpg .../explanations/resnet18`, as the README shows it."""
+    curl = shutil.which("curl")
+    assert curl, "curl is needed for this test (apt-get install curl)"
+    url = f"{server.endpoints.inference}/explanations/resnet18"
+    result = subprocess.run(
+        [curl, "-sS", "-w", "\n%{http_code} %{content_type}", "-T", str(photos["grace_hopper"]),
+         url],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    body, status = result.stdout.rsplit("\n", 1)
+    assert status == "200 application/json", body[:300]
+    assert len(body.encode()) < max_response_size()
+    model, labels = references["resnet18"]
+    check_explanation(json.loads(body), model, labels, photos["grace_hopper"].read_bytes())
+
+
+def test_a_kserve_explanation_among_concurrent_predictions(server, references, photo_bytes):
+    """One v1 `:explain` sent with predictions of the same model: every prediction still equals
+    its reference, and the explanation is the photo's own."""
+    model, labels = references["resnet18"]
+    explained = photo_bytes["rocket"]
+    v1 = {"instances": [{"b64": base64.b64encode(explained).decode()}]}
+    url = server.endpoints.inference
+
+    def explain():
+        return requests.post(f"{url}/v1/models/resnet18:explain", json=v1, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        explanation = pool.submit(explain)
+        predictions = [
+            (body, pool.submit(predict, server, "predictions/resnet18", body))
+            for body in list(photo_bytes.values()) * 2
+        ]
+        for body, response in predictions:
+            assert response.result().status_code == 200, response.result().text
+            assert_same_answer(response.result().json(), reference_answer(model, labels, body))
+        response = explanation.result()
+    assert response.status_code == 200, response.text[:300]
+    (answer,) = response.json()["explanations"]
+    check_explanation(answer, model, labels, explained)
 
 
 def test_body_over_the_request_size_limit_is_413(server) -> None:

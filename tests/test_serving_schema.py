@@ -53,6 +53,9 @@ def test_keys_are_torchserves_at_the_top_and_the_fields_below() -> None:
         (lambda d: d["handler"]["preprocessing"].update(mean=[0.5]), "mean and std need 3"),
         (lambda d: d.update(maxWorkers=0), "maxWorkers must be >= 1"),
         (lambda d: d.update(handler=[]), "handler must be a mapping"),
+        (lambda d: d["handler"].update(ig_steps=0), "ig_steps must be >= 1"),
+        (lambda d: d["handler"].update(ig_internal_batch=0), "ig_internal_batch must be >= 1"),
+        (lambda d: d["handler"].pop("ig_steps"), r"missing keys \['ig_steps'\]"),
     ],
     ids=[
         "renamed-key",
@@ -67,6 +70,9 @@ def test_keys_are_torchserves_at_the_top_and_the_fields_below() -> None:
         "short-mean",
         "no-workers",
         "not-a-mapping",
+        "zero-ig-steps",
+        "zero-ig-batch",
+        "missing-ig-steps",
     ],
 )
 def test_a_config_that_breaks_the_schema_is_refused_with_its_key(change, complaint) -> None:
