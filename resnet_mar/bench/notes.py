@@ -40,8 +40,7 @@ def thread_scaling(limit: InProcessLimit) -> float | None:
 
 
 def _served_rps(model: ModelResults, fmt: str) -> float | None:
-    served = model.served.get(ours(fmt))
-    point = served.at(HEADLINE_CONCURRENCY) if served else None
+    point = model.point(ours(fmt), HEADLINE_CONCURRENCY)
     return point.load.throughput_rps if point else None
 
 
@@ -132,10 +131,8 @@ def preprocessing_at_int8(name: str, model: ModelResults) -> list[str]:
 
 def v2_against_predictions(name: str, model: ModelResults) -> list[str]:
     """The Open Inference Protocol against /predictions, same archive and clients (issue 11)."""
-    v2_model = model.served.get(V2)
-    predictions_model = model.served.get(ours("torchscript"))
-    v2 = v2_model.at(HEADLINE_CONCURRENCY) if v2_model else None
-    predictions = predictions_model.at(HEADLINE_CONCURRENCY) if predictions_model else None
+    v2 = model.point(V2, HEADLINE_CONCURRENCY)
+    predictions = model.point(ours("torchscript"), HEADLINE_CONCURRENCY)
     if v2 is None or predictions is None:
         return []
     ratio = v2.load.throughput_rps / predictions.load.throughput_rps

@@ -18,7 +18,7 @@ from resnet_mar.bench.results import (
     HeadlineRow,
     InProcessLimit,
     JpegSizes,
-    ModelResults,
+    MatmulPeak,
     Results,
     ServedPoint,
 )
@@ -227,27 +227,11 @@ def compute_section(results: Results) -> list[Block]:
         if peak
         else NOT_MEASURED
     )
-    rows = []
-    for name, model in results.models.items():
-        for fmt, limit in model.in_process.items():
-            gflop = model.gflop_per_image
-            efficiency = thread_scaling(limit)
-            rows.append(
-                [
-                    name,
-                    fmt,
-                    NOT_MEASURED if gflop is None else f"{gflop:.2f}",
-                    f"{limit.limit_img_per_s:.1f}",
-                    NOT_MEASURED if gflop is None else f"{limit.limit_img_per_s * gflop:.0f}",
-                    NOT_MEASURED
-                    if gflop is None or peak is None
-                    else f"{share_of_peak(limit.limit_img_per_s, gflop, peak.gflop_per_s):.2f}",
-                    NOT_MEASURED
-                    if limit.one_thread_img_per_s is None
-                    else f"{limit.one_thread_img_per_s:.1f}",
-                    NOT_MEASURED if efficiency is None else f"{efficiency:.2f}",
-                ]
-            )
+    rows = [
+        [name, fmt, *arithmetic_cells(model.gflop_per_image, limit, peak)]
+        for name, model in results.models.items()
+        for fmt, limit in model.in_process.items()
+    ]
     return [
         ["## Arithmetic: each limit against the FP32 peak and against one thread"],
         [f"FP32 matmul peak of this machine: {measured_peak}."],
@@ -279,6 +263,25 @@ def compute_section(results: Results) -> list[Block]:
             "would gain from several workers with fewer threads each over one worker with all of "
             'them (README, "Scaling").'
         ],
+    ]
+
+
+def arithmetic_cells(
+    gflop: float | None, limit: InProcessLimit, peak: MatmulPeak | None
+) -> list[str]:
+    """GFLOP per image, the limit in images and in GFLOP per second, its share of the peak,
+    the one-thread limit and the thread scaling; "not measured" where a figure is missing."""
+    one, efficiency = limit.one_thread_img_per_s, thread_scaling(limit)
+    rate = limit.limit_img_per_s
+    return [
+        NOT_MEASURED if gflop is None else f"{gflop:.2f}",
+        f"{rate:.1f}",
+        NOT_MEASURED if gflop is None else f"{rate * gflop:.0f}",
+        NOT_MEASURED
+        if gflop is None or peak is None
+        else f"{share_of_peak(rate, gflop, peak.gflop_per_s):.2f}",
+        NOT_MEASURED if one is None else f"{one:.1f}",
+        NOT_MEASURED if efficiency is None else f"{efficiency:.2f}",
     ]
 
 
@@ -330,10 +333,6 @@ def v2_section(results: Results) -> list[Block]:
     """The Open Inference Protocol against /predictions: same archive, server and clients."""
     c = HEADLINE_CONCURRENCY
 
-    def point_at(model: ModelResults, label: str) -> ServedPoint | None:
-        served = model.served.get(label)
-        return served.at(c) if served else None
-
     def cells(point: ServedPoint | None) -> list[Any]:
         if point is None:
             return [NOT_MEASURED] * 4
@@ -347,7 +346,7 @@ def v2_section(results: Results) -> list[Block]:
 
     rows = []
     for name, model in results.models.items():
-        predictions, v2 = point_at(model, ours("torchscript")), point_at(model, V2)
+        predictions, v2 = model.point(ours("torchscript"), c), model.point(V2, c)
         ratio = (
             f"{v2.load.throughput_rps / predictions.load.throughput_rps:.2f}"
             if v2 and predictions

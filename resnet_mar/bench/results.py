@@ -276,6 +276,11 @@ class ModelResults:
     preprocessing_ms: float | None = None
     gflop_per_image: float | None = None
 
+    def point(self, label: str, concurrency: int) -> ServedPoint | None:
+        """The setup ``label``'s point at ``concurrency``, None when it was not measured."""
+        served = self.served.get(label)
+        return served.at(concurrency) if served else None
+
     def to_json(self) -> Json:
         found: Json = {
             "in_process": {fmt: limit.to_json() for fmt, limit in self.in_process.items()},

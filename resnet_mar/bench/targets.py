@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from resnet_mar.bench.notes import attainable_img_per_s
-from resnet_mar.bench.results import HeadlineRow, ModelResults, Results, ServedPoint
+from resnet_mar.bench.results import HeadlineRow, Results
 from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, STOCK, ours
 
 #: A target's figure for one model and format, or None when the run did not measure it.
@@ -73,15 +73,10 @@ class Target:
         return HeadlineRow(check, model, round(value, 3), self.target, bool(passed))
 
 
-def _served_at(model: ModelResults, label: str, concurrency: int) -> ServedPoint | None:
-    served = model.served.get(label)
-    return served.at(concurrency) if served else None
-
-
 def served_over_limit(results: Results, name: str, fmt: str) -> float | None:
     """Throughput served at the headline concurrency over the in-process limit of that file."""
     model = results.models[name]
-    point = _served_at(model, ours(fmt), HEADLINE_CONCURRENCY)
+    point = model.point(ours(fmt), HEADLINE_CONCURRENCY)
     limit = model.in_process.get(fmt)
     if point is None or limit is None:
         return None
@@ -91,7 +86,7 @@ def served_over_limit(results: Results, name: str, fmt: str) -> float | None:
 def c1_overhead_ms(results: Results, name: str, fmt: str) -> float | None:
     """What serving adds to one image: p50 at one client minus the in-process batch-1 latency."""
     model = results.models[name]
-    point = _served_at(model, ours(fmt), 1)
+    point = model.point(ours(fmt), 1)
     limit = model.in_process.get(fmt)
     if point is None or limit is None:
         return None
@@ -111,8 +106,8 @@ def errors(results: Results, name: str, fmt: str) -> float | None:
 def ours_over_stock(results: Results, name: str, fmt: str) -> float | None:
     """Our throughput over the stock setup's, both serving ``fmt``, at the headline concurrency."""
     model = results.models[name]
-    ours_point = _served_at(model, ours(fmt), HEADLINE_CONCURRENCY)
-    stock_point = _served_at(model, STOCK, HEADLINE_CONCURRENCY)
+    ours_point = model.point(ours(fmt), HEADLINE_CONCURRENCY)
+    stock_point = model.point(STOCK, HEADLINE_CONCURRENCY)
     if ours_point is None or stock_point is None:
         return None
     return ours_point.load.throughput_rps / stock_point.load.throughput_rps
@@ -121,8 +116,8 @@ def ours_over_stock(results: Results, name: str, fmt: str) -> float | None:
 def over_torchscript(results: Results, name: str, fmt: str) -> float | None:
     """Our served throughput in ``fmt`` over ours in TorchScript, at the headline concurrency."""
     model = results.models[name]
-    point = _served_at(model, ours(fmt), HEADLINE_CONCURRENCY)
-    torchscript = _served_at(model, ours("torchscript"), HEADLINE_CONCURRENCY)
+    point = model.point(ours(fmt), HEADLINE_CONCURRENCY)
+    torchscript = model.point(ours("torchscript"), HEADLINE_CONCURRENCY)
     if point is None or torchscript is None:
         return None
     return point.load.throughput_rps / torchscript.load.throughput_rps
@@ -133,7 +128,7 @@ def served_over_attainable(results: Results, name: str, fmt: str) -> float | Non
     preprocessing on the same cores (:func:`~resnet_mar.bench.notes.attainable_img_per_s`):
     how close the server comes to what its cores can do once decoding costs CPU too."""
     model = results.models[name]
-    point = _served_at(model, ours(fmt), HEADLINE_CONCURRENCY)
+    point = model.point(ours(fmt), HEADLINE_CONCURRENCY)
     limit = model.in_process.get(fmt)
     if point is None or limit is None or model.preprocessing_ms is None:
         return None
@@ -145,7 +140,7 @@ def over_torchscript_limit(results: Results, name: str, fmt: str) -> float | Non
     """Our served throughput in ``fmt`` at the headline concurrency over the FP32 TorchScript
     in-process limit: what the format gains over the best the default format could ever do."""
     model = results.models[name]
-    point = _served_at(model, ours(fmt), HEADLINE_CONCURRENCY)
+    point = model.point(ours(fmt), HEADLINE_CONCURRENCY)
     limit = model.in_process.get("torchscript")
     if point is None or limit is None:
         return None
