@@ -22,9 +22,9 @@ from resnet_mar.bench.notes import (
     thread_scaling,
 )
 from resnet_mar.bench.report import render
-from resnet_mar.bench.results import Results
+from resnet_mar.bench.results import Results, ServedModel, ServedPoint
 from resnet_mar.bench.targets import headline
-from tests.bench_runs import EVERY_FORMAT, limit, model, run
+from tests.bench_runs import EVERY_FORMAT, IDLE, limit, load, model, run
 
 DATA = Path(__file__).parent / "data"
 
@@ -132,3 +132,15 @@ def test_a_stored_run_from_before_reads_them_as_not_measured() -> None:
         "| resnet50 | `POST /v2/models/<m>/infer`, JSON, base64 | not measured | not measured "
         "| not measured | not measured | not measured |"
     ) in report
+
+
+def test_v2_against_a_predictions_point_without_answers(measured: Results) -> None:
+    """Only errors at 16 clients over /predictions: no ratio (rather than a division by zero)."""
+    resnet18 = measured.models["resnet18"]
+    resnet18.served["ours-torchscript"] = ServedModel(
+        20.0, (ServedPoint(load(16, 0.0, errors=5), IDLE),)
+    )
+    assert not any(" v2 /infer " in n for n in notes(measured))
+    report = render(measured).splitlines()
+    v2_row = next(line for line in report if "`POST /v2/models/<m>/infer`" in line)
+    assert v2_row.endswith("| 81.0 | 200 | 200 | 0 | not measured |")

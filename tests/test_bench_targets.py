@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from resnet_mar.bench.report import headline_section
-from resnet_mar.bench.results import AllBusy, BusyModel, HeadlineRow, ServedModel
+from resnet_mar.bench.results import AllBusy, BusyModel, HeadlineRow, ServedModel, ServedPoint
 from resnet_mar.bench.targets import COMPARISON_TARGETS, FORMAT_TARGETS, headline
 from tests.bench_runs import EVERY_FORMAT, IDLE, load, model, run, served
 
@@ -175,6 +175,18 @@ def test_missing_measurements_fail_their_rows() -> None:
     }
     assert not any(r.passed for r in rows if r.value is None)
     assert row(rows, "errors, c <= 64 (torchscript)").passed  # what was measured still counts
+
+
+def test_a_ratio_against_a_setup_without_answers_is_not_measured() -> None:
+    """Stock and ours-torchscript answered nothing at 16 clients (only errors): the ratios
+    against them fail as not measured instead of dividing by zero at the end of a run."""
+    silent = model()
+    for label in ("stock", "ours-torchscript"):
+        silent.served[label] = ServedModel(20.0, (ServedPoint(load(16, 0.0, errors=3), IDLE),))
+    rows = headline(run({"resnet18": silent}, EVERY_FORMAT))
+    for check in (OVER_STOCK, OVER_TS, OPENVINO_OVER_TS):
+        assert (row(rows, check).value, row(rows, check).passed) == (None, False)
+    assert row(rows, TS_LIMIT).value == 0.0  # a measured zero is a figure
 
 
 def test_a_setup_that_served_nothing_fails_all_its_rows() -> None:

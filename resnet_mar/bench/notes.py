@@ -133,8 +133,8 @@ def v2_against_predictions(name: str, model: ModelResults) -> list[str]:
     """The Open Inference Protocol against /predictions, same archive and clients (issue 11)."""
     v2 = model.point(V2, HEADLINE_CONCURRENCY)
     predictions = model.point(ours("torchscript"), HEADLINE_CONCURRENCY)
-    if v2 is None or predictions is None:
-        return []
+    if v2 is None or predictions is None or not predictions.load.throughput_rps:
+        return []  # nothing to compare with (no answer at all is in the served table)
     ratio = v2.load.throughput_rps / predictions.load.throughput_rps
     lat, base = v2.load.latency_ms, predictions.load.latency_ms
     return [

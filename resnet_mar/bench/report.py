@@ -349,7 +349,7 @@ def v2_section(results: Results) -> list[Block]:
         predictions, v2 = model.point(ours("torchscript"), c), model.point(V2, c)
         ratio = (
             f"{v2.load.throughput_rps / predictions.load.throughput_rps:.2f}"
-            if v2 and predictions
+            if v2 and predictions and predictions.load.throughput_rps
             else NOT_MEASURED
         )
         rows.append([name, "`PUT /predictions/<m>`, raw JPEG", *cells(predictions), ""])

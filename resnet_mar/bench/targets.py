@@ -103,6 +103,13 @@ def errors(results: Results, name: str, fmt: str) -> float | None:
     return sum(p.load.errors for p in served.points) + (busy_model.load.errors if busy_model else 0)
 
 
+def _over(numerator: float, denominator: float) -> float | None:
+    """A ratio of two served throughputs; None (not measured) when the denominator's setup gave
+    no answer in its window: a ratio against nothing measures nothing, and a run that ends
+    this way must still write its report (its served table shows the errors)."""
+    return numerator / denominator if denominator else None
+
+
 def ours_over_stock(results: Results, name: str, fmt: str) -> float | None:
     """Our throughput over the stock setup's, both serving ``fmt``, at the headline concurrency."""
     model = results.models[name]
@@ -110,7 +117,7 @@ def ours_over_stock(results: Results, name: str, fmt: str) -> float | None:
     stock_point = model.point(STOCK, HEADLINE_CONCURRENCY)
     if ours_point is None or stock_point is None:
         return None
-    return ours_point.load.throughput_rps / stock_point.load.throughput_rps
+    return _over(ours_point.load.throughput_rps, stock_point.load.throughput_rps)
 
 
 def over_torchscript(results: Results, name: str, fmt: str) -> float | None:
@@ -120,7 +127,7 @@ def over_torchscript(results: Results, name: str, fmt: str) -> float | None:
     torchscript = model.point(ours("torchscript"), HEADLINE_CONCURRENCY)
     if point is None or torchscript is None:
         return None
-    return point.load.throughput_rps / torchscript.load.throughput_rps
+    return _over(point.load.throughput_rps, torchscript.load.throughput_rps)
 
 
 def served_over_attainable(results: Results, name: str, fmt: str) -> float | None:
