@@ -1,5 +1,6 @@
 """A small closed-loop HTTP load generator: ``PUT /predictions/<model>`` with JPEG bytes by default,
-any request a served protocol needs otherwise (:class:`HttpRequest`).
+any request a served protocol needs otherwise (:class:`HttpRequest`; :func:`jpeg_v2_infer` is the
+Open Inference Protocol's).
 
 Why not ``requests`` in threads, or locust: the client shares the machine's two cores with the
 server it measures, so every cycle it spends is taken from the server. This one is one asyncio
@@ -27,8 +28,10 @@ connection; one with ``Connection: close`` is read to its end and the client rec
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
+import json
 import math
 import statistics
 import time
@@ -65,6 +68,28 @@ def jpeg_predictions(model: str, photos: Sequence[bytes]) -> list[HttpRequest]:
     ``PUT /predictions/<model>``, one request per photo."""
     headers = (("Content-Type", "image/jpeg"),)
     return [HttpRequest("PUT", f"/predictions/{model}", photo, headers) for photo in photos]
+
+
+def jpeg_v2_infer(model: str, photos: Sequence[bytes]) -> list[HttpRequest]:
+    """The Open Inference Protocol (KServe v2) over REST, as ``tritonclient`` and KServe's SDK
+    send an image: ``POST /v2/models/<model>/infer`` with a JSON body whose one BYTES input of
+    shape [1] holds the base64 of the JPEG, one request per photo. The JSON is built here, once
+    per point, so that the client spends nothing per request on it."""
+    headers = (("Content-Type", "application/json"),)
+    return [
+        HttpRequest("POST", f"/v2/models/{model}/infer", _v2_body(photo), headers)
+        for photo in photos
+    ]
+
+
+def _v2_body(photo: bytes) -> bytes:
+    image = {
+        "name": "image",
+        "datatype": "BYTES",
+        "shape": [1],
+        "data": [base64.b64encode(photo).decode("ascii")],
+    }
+    return json.dumps({"inputs": [image]}).encode("ascii")
 
 
 @dataclass(frozen=True)

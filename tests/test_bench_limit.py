@@ -1,20 +1,24 @@
 """The in-process side of the benchmark on a tiny TorchScript model and the real photos: the
-limit's figures, and the preprocessing cost through the handler's own stages (the benchmark
-broke once when their API changed, untested)."""
+limit's figures (on all cores and on one), the preprocessing cost through the handler's own
+stages (the benchmark broke once when their API changed, untested), the FP32 matmul peak and
+the GFLOP of the real architectures."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from resnet_mar.bench.compute import fp32_matmul_peak, gflop_per_image
 from resnet_mar.bench.inputs import photo_payloads, size_test_payloads
 from resnet_mar.bench.limit import (
     BATCH_SIZES,
     in_process_limit,
     limit_again,
+    one_thread_limit,
     preprocessed_photos,
     preprocessing_cost,
 )
@@ -62,6 +66,28 @@ def test_in_process_limit_is_the_best_of_every_batch_and_layout(
     assert limit.batch1_latency_ms == min(limit.batch1_ms.values()) > 0
     assert limit.file == "tiny.pt" and limit.other.other_cores >= 0
     assert limit_again(tiny_model, "torchscript", photos, limit) > 0
+
+
+def test_one_thread_limit_puts_torchs_threads_back(tiny_model: Path, payloads: list[bytes]) -> None:
+    photos = preprocessed_photos(payloads)
+    limit = in_process_limit(tiny_model, "torchscript", photos, min_time_s=0.01, min_calls=2)
+    threads = torch.get_num_threads()
+    assert one_thread_limit(tiny_model, "torchscript", photos, limit, min_time_s=0.01) > 0
+    assert torch.get_num_threads() == threads
+
+
+def test_fp32_matmul_peak_on_every_core() -> None:
+    threads = torch.get_num_threads()
+    peak = fp32_matmul_peak(size=256, calls=2)
+    assert peak.gflop_per_s > 0 and peak.other.other_cores >= 0
+    assert (peak.size, peak.calls, peak.threads) == (256, 2, os.cpu_count())
+    assert torch.get_num_threads() == threads  # put back
+
+
+@pytest.mark.parametrize(("architecture", "gflop"), [("resnet18", 3.628), ("resnet50", 8.178)])
+def test_gflop_per_image_of_the_architectures(architecture: str, gflop: float) -> None:
+    """A multiply-add counts 2: torchvision's published 1.81 and 4.09 GMAC for a 224 crop."""
+    assert gflop_per_image(architecture, torch.zeros(3, 224, 224)) == gflop
 
 
 def test_preprocessing_cost_runs_the_handlers_stages(tmp_path: Path, payloads: list[bytes]) -> None:

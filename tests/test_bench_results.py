@@ -20,7 +20,7 @@ from resnet_mar.bench.results import (
     point_to_json,
     stored,
 )
-from resnet_mar.bench.setups import STOCK_CONFIG, served_setups
+from resnet_mar.bench.setups import STOCK_CONFIG, V2, served_setups
 from resnet_mar.load_client import Latency, LoadPoint
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
@@ -105,16 +105,49 @@ def test_attainable_img_per_s(
 
 
 def test_served_setups_in_measuring_order() -> None:
-    """The stock setup follows ours-torchscript (same .pt); only ours get the workers'
-    environment, the JPEG sizes (TorchScript), all-busy and the limit measured again."""
-    setups = served_setups(["torchscript", "onnx"])
-    assert [s.label for s in setups] == ["ours-torchscript", "stock", "ours-onnx"]
-    ours_ts, stock, ours_onnx = setups
+    """Right after ours-torchscript, the same archive over v2 (16 clients only), then the stock
+    setup (same .pt); only ours get the workers' environment, and only ours-<format> the JPEG
+    sizes (TorchScript), all-busy and the limit measured again."""
+    setups = served_setups(["torchscript", "onnx", "openvino", "int8"])
+    assert [s.label for s in setups] == [
+        "ours-torchscript",
+        "ours-torchscript-v2",
+        "stock",
+        "ours-onnx",
+        "ours-openvino",
+        "ours-int8",
+    ]
+    ours_ts, v2, stock, ours_onnx, ours_openvino, ours_int8 = setups
     assert stock.config_text == STOCK_CONFIG and stock.worker_environment == {}
     assert (stock.archive, stock.model_format, stock.together) == ("stock", "torchscript", False)
     assert ours_ts.worker_environment == WORKER_ENVIRONMENT and ours_ts.config_text is None
-    assert [s.jpeg_sizes for s in setups] == [True, False, False]
-    assert [s.all_busy and s.limit_again and s.together for s in setups] == [True, False, True]
-    assert ours_onnx.model_format == "onnx" and ours_onnx.archive == "ours"
+    assert [s.jpeg_sizes for s in setups] == [True, False, False, False, False, False]
+    assert [s.all_busy and s.limit_again and s.together for s in setups] == [
+        True,
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert all(s.concurrencies is None for s in setups if s is not v2)
+    for setup, fmt in ((ours_onnx, "onnx"), (ours_openvino, "openvino"), (ours_int8, "int8")):
+        assert (setup.model_format, setup.archive) == (fmt, "ours")
     requests = ours_ts.requests("resnet18", [b"jpeg"])
     assert [(r.method, r.path) for r in requests] == [("PUT", "/predictions/resnet18")]
+
+
+def test_the_v2_setup_is_our_torchscript_server_asked_over_open_inference() -> None:
+    """Same archive, server and environment as ours-torchscript; only the requests differ."""
+    ours_ts, v2 = served_setups(["torchscript"])[:2]
+    assert v2.label == V2 and v2.concurrencies == (16,)
+    assert (v2.model_format, v2.archive, v2.config_text, v2.together, v2.isolated) == (
+        ours_ts.model_format,
+        ours_ts.archive,
+        ours_ts.config_text,
+        ours_ts.together,
+        ours_ts.isolated,
+    )
+    assert v2.worker_environment == ours_ts.worker_environment
+    (request,) = v2.requests("resnet18", [b"jpeg"])
+    assert (request.method, request.path) == ("POST", "/v2/models/resnet18/infer")

@@ -9,98 +9,17 @@ from dataclasses import replace
 import pytest
 
 from resnet_mar.bench.report import headline_section
-from resnet_mar.bench.results import (
-    AllBusy,
-    BusyModel,
-    HeadlineRow,
-    InProcessLimit,
-    Machine,
-    ModelResults,
-    OtherLoad,
-    Results,
-    ServedModel,
-    ServedPoint,
-    Settings,
-)
+from resnet_mar.bench.results import AllBusy, BusyModel, HeadlineRow, ServedModel, ServedPoint
 from resnet_mar.bench.targets import COMPARISON_TARGETS, FORMAT_TARGETS, headline
-from resnet_mar.load_client import Latency, LoadPoint
+from tests.bench_runs import EVERY_FORMAT, IDLE, load, model, run, served
 
-IDLE = OtherLoad(0.0, 0.0)
-CONCURRENCIES = (1, 4, 16, 64)
 TS_LIMIT = "served c16 / in-process limit (torchscript)"
 ONNX_C1 = "p50 c1 - in-process batch-1 latency, ms (onnx)"
 OVER_STOCK = "ours / stock throughput at c16"
 OVER_TS = "served onnx / served torchscript at c16"
-
-
-def load(concurrency: int, rps: float, p50_ms: float = 50.0, errors: int = 0) -> LoadPoint:
-    return LoadPoint(
-        concurrency=concurrency,
-        window_s=10.0,
-        warmup_s=2.0,
-        requests=round(rps * 10),
-        throughput_rps=rps,
-        latency_ms=Latency(p50_ms, p50_ms, p50_ms, p50_ms),
-        errors=errors,
-        error_kinds={"HTTP 503": errors} if errors else {},
-        client_cpu_s=0.01,
-    )
-
-
-def served(rps: float, c1_p50_ms: float = 15.0, errors_at_64: int = 0) -> ServedModel:
-    """A sweep at the run's concurrencies: ``rps`` from 4 clients on."""
-    points = [
-        load(1, rps / 2, p50_ms=c1_p50_ms),
-        load(4, rps),
-        load(16, rps),
-        load(64, rps, errors=errors_at_64),
-    ]
-    return ServedModel(20.0, tuple(ServedPoint(p, IDLE) for p in points))
-
-
-def limit(img_per_s: float, batch1_ms: float = 10.0) -> InProcessLimit:
-    return InProcessLimit(
-        file="m.pt",
-        threads=2,
-        img_per_s={"contiguous": {1: img_per_s / 2, 8: img_per_s}},
-        batch1_ms={"contiguous": batch1_ms},
-        limit_img_per_s=img_per_s,
-        best_batch=8,
-        best_layout="contiguous",
-        batch1_latency_ms=batch1_ms,
-        other=IDLE,
-    )
-
-
-def model(
-    ts_rps: float = 90.0,
-    onnx_rps: float = 150.0,
-    stock_rps: float = 20.0,
-    c1_p50_ms: float = 15.0,
-) -> ModelResults:
-    """Every figure a target needs, passing them all: limits 100 img/s, batch-1 10 ms."""
-    return ModelResults(
-        in_process={"torchscript": limit(100.0), "onnx": limit(100.0)},
-        served={
-            "ours-torchscript": served(ts_rps, c1_p50_ms),
-            "stock": served(stock_rps),
-            "ours-onnx": served(onnx_rps, c1_p50_ms),
-        },
-        preprocessing_ms=2.0,
-    )
-
-
-def run(
-    models: dict[str, ModelResults], formats: tuple[str, ...] = ("torchscript", "onnx")
-) -> Results:
-    return Results(
-        started="2026-11-22 00:00:00 UTC",
-        machine=Machine("cpu", 2, 23.5, "Linux"),
-        versions={"torch": "2.14.0"},
-        load_start=[0.0, 0.0, 0.0],
-        settings=Settings(formats, CONCURRENCIES, 10.0, 2.0),
-        models=models,
-    )
+INT8_PREPROCESSING = "served c16 / in-process limit with exact preprocessing (int8)"
+OPENVINO_OVER_TS = "served openvino / served torchscript at c16"
+INT8_OVER_TS_LIMIT = "served int8 c16 / in-process limit (torchscript)"
 
 
 def row(rows: list[HeadlineRow], check: str, model: str = "resnet18") -> HeadlineRow:
@@ -133,13 +52,60 @@ def test_a_run_that_meets_every_target() -> None:
         ({"stock_rps": 22.6}, OVER_STOCK, 3.982, False),
         ({"onnx_rps": 135.0}, OVER_TS, 1.5, True),
         ({"onnx_rps": 134.9}, OVER_TS, 1.499, False),
+        # int8's limit with exact preprocessing: 1 / (1/250 + 0.002/2) = 200 img/s
+        ({"int8_rps": 170.0}, INT8_PREPROCESSING, 0.85, True),
+        ({"int8_rps": 169.8}, INT8_PREPROCESSING, 0.849, False),
+        ({"openvino_rps": 90.0}, OPENVINO_OVER_TS, 1.0, True),
+        ({"openvino_rps": 89.9}, OPENVINO_OVER_TS, 0.999, False),
+        ({"int8_rps": 180.0}, INT8_OVER_TS_LIMIT, 1.8, True),
+        ({"int8_rps": 179.9}, INT8_OVER_TS_LIMIT, 1.799, False),
     ],
 )
 def test_each_target_at_its_threshold(
     figures: dict[str, float], check: str, value: float, passed: bool
 ) -> None:
-    found = row(headline(run({"resnet18": model(**figures)})), check)
+    found = row(headline(run({"resnet18": model(**figures)}, EVERY_FORMAT)), check)
     assert (found.value, found.passed) == (value, passed)
+
+
+def test_a_run_of_every_format_meets_every_target() -> None:
+    """Issue 12's targets after issue 4's: int8 against its limit with exact preprocessing
+    (int8 rows only), OpenVINO FP32 against served TorchScript, int8 against the FP32
+    TorchScript limit; each applies to every model."""
+    results = run({"resnet18": model(), "resnet50": model()}, EVERY_FORMAT)
+    rows = headline(results)
+    assert [(r.check, r.value, r.target, r.passed) for r in rows if r.model == "resnet50"] == [
+        ("served c16 / in-process limit (torchscript)", 0.9, ">= 0.85", True),
+        ("p50 c1 - in-process batch-1 latency, ms (torchscript)", 5.0, "<= 10.0", True),
+        ("errors, c <= 64 (torchscript)", 0, "0", True),
+        ("served c16 / in-process limit (onnx)", 1.5, ">= 0.85", True),
+        ("p50 c1 - in-process batch-1 latency, ms (onnx)", 5.0, "<= 10.0", True),
+        ("errors, c <= 64 (onnx)", 0, "0", True),
+        ("served c16 / in-process limit (openvino)", 0.9, ">= 0.85", True),
+        ("p50 c1 - in-process batch-1 latency, ms (openvino)", 5.0, "<= 10.0", True),
+        ("errors, c <= 64 (openvino)", 0, "0", True),
+        ("served c16 / in-process limit (int8)", 0.86, ">= 0.85", True),
+        ("p50 c1 - in-process batch-1 latency, ms (int8)", 5.0, "<= 10.0", True),
+        ("errors, c <= 64 (int8)", 0, "0", True),
+        ("served c16 / in-process limit with exact preprocessing (int8)", 1.075, ">= 0.85", True),
+        ("ours / stock throughput at c16", 4.5, ">= 4.0", True),
+        ("served onnx / served torchscript at c16", 1.667, ">= 1.5", True),
+        ("served openvino / served torchscript at c16", 1.0, ">= 1.0", True),
+        ("served int8 c16 / in-process limit (torchscript)", 2.15, ">= 1.8", True),
+    ]
+    assert [r.model for r in rows] == ["resnet18"] * 17 + ["resnet50"] * 17
+
+
+def test_issue_12_targets_fail_when_not_measured() -> None:
+    """No preprocessing cost, no TorchScript limit: the int8 rows that need them fail, saying
+    so; the others still count."""
+    broken = model()
+    broken.preprocessing_ms = None
+    del broken.in_process["torchscript"]
+    rows = headline(run({"resnet18": broken}, EVERY_FORMAT))
+    for check in (INT8_PREPROCESSING, INT8_OVER_TS_LIMIT, TS_LIMIT):
+        assert (row(rows, check).value, row(rows, check).passed) == (None, False)
+    assert row(rows, OPENVINO_OVER_TS).passed  # served figures only
 
 
 def test_errors_at_any_concurrency_or_while_all_busy_fail() -> None:
@@ -209,6 +175,18 @@ def test_missing_measurements_fail_their_rows() -> None:
     }
     assert not any(r.passed for r in rows if r.value is None)
     assert row(rows, "errors, c <= 64 (torchscript)").passed  # what was measured still counts
+
+
+def test_a_ratio_against_a_setup_without_answers_is_not_measured() -> None:
+    """Stock and ours-torchscript answered nothing at 16 clients (only errors): the ratios
+    against them fail as not measured instead of dividing by zero at the end of a run."""
+    silent = model()
+    for label in ("stock", "ours-torchscript"):
+        silent.served[label] = ServedModel(20.0, (ServedPoint(load(16, 0.0, errors=3), IDLE),))
+    rows = headline(run({"resnet18": silent}, EVERY_FORMAT))
+    for check in (OVER_STOCK, OVER_TS, OPENVINO_OVER_TS):
+        assert (row(rows, check).value, row(rows, check).passed) == (None, False)
+    assert row(rows, TS_LIMIT).value == 0.0  # a measured zero is a figure
 
 
 def test_a_setup_that_served_nothing_fails_all_its_rows() -> None:

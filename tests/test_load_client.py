@@ -7,14 +7,24 @@ Every point runs a fraction of a second on loopback; no TorchServe is needed.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from inference_protocols import OPEN_INFERENCE, read_request
 
-from resnet_mar.load_client import HttpRequest, Latency, jpeg_predictions, percentile, run_point
+from resnet_mar.load_client import (
+    HttpRequest,
+    Latency,
+    jpeg_predictions,
+    jpeg_v2_infer,
+    percentile,
+    run_point,
+)
 
 BODY = b'{"tabby": 0.5, "tiger_cat": 0.25}'
 
@@ -207,6 +217,32 @@ def test_jpeg_predictions_is_torchservess_inference_api() -> None:
         b"Content-Type: image/jpeg\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n"
         b"\xff\xd8a"
     )
+
+
+def test_jpeg_v2_infer_is_the_open_inference_request_the_handler_reads() -> None:
+    """One BYTES input of shape [1] holding the JPEG's base64, as JSON to /v2/models/<m>/infer;
+    the handler's own protocol reader finds the very JPEG bytes in it."""
+    photos = [b"\xff\xd8a", b"\xff\xd8b\x00\xfe"]
+    requests = jpeg_v2_infer("resnet18", photos)
+    assert [(r.method, r.path) for r in requests] == [("POST", "/v2/models/resnet18/infer")] * 2
+    assert all(r.headers == (("Content-Type", "application/json"),) for r in requests)
+    for request, photo in zip(requests, photos, strict=True):
+        assert json.loads(request.body) == {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "data": [base64.b64encode(photo).decode("ascii")],
+                }
+            ]
+        }
+        # TorchServe hands a JSON body over parsed or as bytes: the handler reads both.
+        for body in (request.body, json.loads(request.body)):
+            parsed = read_request(
+                {"body": body}, {}, default_topk=5, num_classes=1000, max_images=32
+            )
+            assert (parsed.protocol, parsed.images, parsed.topk) == (OPEN_INFERENCE, [photo], 5)
 
 
 def test_run_point_needs_a_request() -> None:

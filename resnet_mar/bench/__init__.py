@@ -5,12 +5,19 @@ For each model (untrained weights: speed does not depend on them) one run measur
 * the in-process limit: the very file the server serves, loaded in this process as our handler
   loads it but with all cores, fed preprocessed photos at batch sizes 1..16 (TorchScript in
   both input layouts), no server, no decoding -- the ceiling any serving setup can reach here;
+  and the same file on one thread at the limit's batch and layout (how the limit scales with
+  cores);
+* the machine's FP32 matmul peak and each model's GFLOP per image, so that each limit reads as
+  a share of what the cores can compute;
 * our served model (our handler, our model-config.yaml, the project's config.properties,
   the workers' environment ``make serve`` sets);
 * the stock setup: the same ``.pt`` archived with ``--handler image_classifier`` and no
   model-config, served by TorchServe's default configuration (only loopback addresses, free
   ports and no token authorization changed);
-* the same for every other format the toolkit exports (FORMAT=onnx when it exists);
+* the same for every other format served (by default FORMAT=onnx, openvino and int8; the int8
+  models built against a gate untrained networks can pass);
+* our TorchScript archive asked over the Open Inference Protocol (``/v2/models/<m>/infer``) at
+  16 clients, against ``/predictions``;
 * the cost of a 12-megapixel JPEG against a 0.3-megapixel one, at concurrency 1;
 * the CPU the handler's exact preprocessing costs per photo (which the limit leaves out), and
   each limit again after the served measurements (the machine's speed drifts).
@@ -26,7 +33,8 @@ The process exits 0 when a target is missed (this is a report); it fails only wh
 
 One job per module: what is sent (``inputs``), what is served (``setups``: served setups as
 data), building and archiving it (``archives``), the machine and the other load on it
-(``machine``), the in-process limit and preprocessing cost (``limit``), serving and sweeping
+(``machine``), its FP32 peak and the models' GFLOP (``compute``), the in-process limit and
+preprocessing cost (``limit``), serving and sweeping
 (``served``), the results as dataclasses and ``bench.json`` (``results``), the targets as data
 (``targets``), derived notes (``notes``), ``report.md`` (``report``), ``bench.png`` (``plot``)
 and the run itself (``cli``, ``python -m resnet_mar.bench``).

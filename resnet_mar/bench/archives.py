@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resnet_mar.bench.progress import progress
+from resnet_mar.bench.setups import UNTRAINED_INT8_GATE
 from resnet_mar.build import BuildRequest, build_model
 from resnet_mar.export import EXPORTERS, JIT_DEPRECATION
 from resnet_mar.torchserve import REPO_ROOT
@@ -44,12 +45,20 @@ class Workspace:
 
 
 def build_and_archive(work: Workspace, model_format: str, models: list[str]) -> dict[str, Path]:
-    """Build each model as ``make script`` does (weights none, served alone: all cores) and pack
+    """Build each model as ``make script`` does (weights none, served alone: all cores; an int8
+    build against :data:`UNTRAINED_INT8_GATE`, the gate untrained networks can pass) and pack
     our archive with ``archive.sh``; the serialized file of each model is returned."""
     files = {}
     for name in models:
         progress(f"building {name} ({model_format}, untrained weights, served alone)")
-        request = BuildRequest(architecture=name, weights=UNTRAINED, model_format=model_format)
+        request = BuildRequest(
+            architecture=name,
+            weights=UNTRAINED,
+            model_format=model_format,
+            # Read by int8 builds only.
+            int8_min_agreement=UNTRAINED_INT8_GATE.min_agreement,
+            int8_max_error=UNTRAINED_INT8_GATE.max_error,
+        )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=JIT_DEPRECATION)
             files[name] = build_model(request, work.build(model_format)).model_file

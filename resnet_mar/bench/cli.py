@@ -13,10 +13,12 @@ import torch
 
 import resnet_mar.bench
 from resnet_mar.bench.archives import Workspace, archive_stock, build_and_archive
+from resnet_mar.bench.compute import fp32_matmul_peak, gflop_per_image
 from resnet_mar.bench.inputs import photo_payloads, size_test_payloads
 from resnet_mar.bench.limit import (
     in_process_limit,
     limit_again,
+    one_thread_limit,
     preprocessed_photos,
     preprocessing_cost,
 )
@@ -26,18 +28,22 @@ from resnet_mar.bench.progress import elapsed_s, progress
 from resnet_mar.bench.report import render, summary
 from resnet_mar.bench.results import ModelResults, Results, Settings
 from resnet_mar.bench.served import LoadSettings, measure_setup
-from resnet_mar.bench.setups import ServedSetup, served_setups
+from resnet_mar.bench.setups import UNTRAINED_INT8_GATE, ServedSetup, served_setups
 from resnet_mar.bench.targets import headline
 from resnet_mar.export import EXPORTERS
 
 MODELS = ("resnet18", "resnet50")
 CONCURRENCIES = (1, 4, 16, 64)
+#: Served besides TorchScript by default: every format the toolkit serves on any CPU (aoti's
+#: kernels are compiled for the build machine, and take minutes to build).
+FORMATS = ("onnx", "openvino", "int8")
 
 
 def run(args: argparse.Namespace) -> Results:
-    """Every build and in-process limit first, while no server runs; then each served setup in
-    :func:`served_setups`' order, a format's limit measured again right after the setups that
-    ask for it (the machine's speed drifts meanwhile)."""
+    """Every build, the machine's FP32 peak, each model's GFLOP and every in-process limit
+    first, while no server runs; then each served setup in :func:`served_setups`' order, a
+    format's limit measured again right after the setups that ask for it (the machine's speed
+    drifts meanwhile)."""
     formats = ["torchscript"] + [f for f in args.formats if f in EXPORTERS and f != "torchscript"]
     setups = served_setups(formats)
     work = Workspace(args.work.resolve())
@@ -48,7 +54,13 @@ def run(args: argparse.Namespace) -> Results:
         machine=machine(),
         versions=versions(),
         load_start=load_average(),
-        settings=Settings(tuple(formats), load.concurrencies, load.duration_s, load.warmup_s),
+        settings=Settings(
+            tuple(formats),
+            load.concurrencies,
+            load.duration_s,
+            load.warmup_s,
+            UNTRAINED_INT8_GATE if "int8" in formats else None,
+        ),
         models={name: ModelResults() for name in args.models},
     )
     progress(f"load average {results.load_start}; formats: {', '.join(formats)}")
@@ -56,7 +68,10 @@ def run(args: argparse.Namespace) -> Results:
     photos = preprocessed_photos(payloads)
     sizes = size_test_payloads()
 
-    files = {fmt: prepare(work, fmt, setups, results, payloads, photos) for fmt in formats}
+    files = {fmt: build_all(work, fmt, setups, list(results.models)) for fmt in formats}
+    measure_compute(results, photos)
+    for fmt in formats:
+        measure_limits(work, fmt, files[fmt], results, payloads, photos)
     for setup in setups:
         measured = measure_setup(setup, work, list(args.models), payloads, load, sizes)
         for name, served in measured.models.items():
@@ -71,29 +86,52 @@ def run(args: argparse.Namespace) -> Results:
     return results
 
 
-def prepare(
-    work: Workspace,
-    fmt: str,
-    setups: list[ServedSetup],
-    results: Results,
-    payloads: list[bytes],
-    photos: torch.Tensor,
+def build_all(
+    work: Workspace, fmt: str, setups: list[ServedSetup], models: list[str]
 ) -> dict[str, Path]:
-    """Build and archive every model in ``fmt`` (ours, and stock if a setup serves it), then
-    measure each file's in-process limit, and the preprocessing cost (once, with TorchScript's
-    model-config). Returns each model's serialized file."""
-    models = list(results.models)
+    """Build and archive every model in ``fmt`` (ours, and stock if a setup serves it).
+    Returns each model's serialized file."""
     files = build_and_archive(work, fmt, models)
     if any(s.archive == "stock" and s.model_format == fmt for s in setups):
         archive_stock(work, fmt, models)
-    for name, model_file in files.items():
+    return files
+
+
+def measure_compute(results: Results, photos: torch.Tensor) -> None:
+    """The machine's FP32 matmul peak, right before the limits it is the yardstick of, and the
+    GFLOP one image asks of each model."""
+    peak = results.fp32_peak = fp32_matmul_peak()
+    progress(f"FP32 matmul peak: {peak.gflop_per_s:.1f} GFLOP/s on {peak.threads} threads")
+    for name, model in results.models.items():
+        model.gflop_per_image = gflop_per_image(name, photos[0])
+        progress(f"{name}: {model.gflop_per_image:.3f} GFLOP per image")
+
+
+def measure_limits(
+    work: Workspace,
+    fmt: str,
+    files: dict[str, Path],
+    results: Results,
+    payloads: list[bytes],
+    photos: torch.Tensor,
+) -> None:
+    """Each model's in-process limit in ``fmt`` (``files``: its serialized file), then the same
+    file on one thread at the limit's batch and layout; and the preprocessing cost (once, with
+    TorchScript's model-config)."""
+    for name, path in files.items():
+        model = results.models[name]
         if fmt == "torchscript":
             config = work.build(fmt) / name / "model-config.yaml"
-            cost = results.models[name].preprocessing_ms = preprocessing_cost(config, payloads)
+            cost = model.preprocessing_ms = preprocessing_cost(config, payloads)
             progress(f"{name}: exact preprocessing costs {cost:.2f} ms of CPU per photo")
-        progress(f"{name}: in-process limit of {model_file.name}")
-        results.models[name].in_process[fmt] = in_process_limit(model_file, fmt, photos)
-    return files
+        progress(f"{name}: in-process limit of {path.name}")
+        limit = in_process_limit(path, fmt, photos)
+        one = one_thread_limit(path, fmt, photos, limit)
+        model.in_process[fmt] = replace(limit, one_thread_img_per_s=one)
+        progress(
+            f"{name}: {path.name} on one thread: {one:.1f} img/s "
+            f"(all {limit.threads}: {limit.limit_img_per_s:.1f})"
+        )
 
 
 def measure_limits_again(
@@ -137,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument(
         "--formats",
         nargs="*",
-        default=["onnx"],
+        default=list(FORMATS),
         help="formats served besides torchscript (skipped when the toolkit does not export "
         "them); none: torchscript alone",
     )

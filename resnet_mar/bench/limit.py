@@ -1,7 +1,8 @@
 """The in-process limit: the very file a setup serves, loaded in this process as our handler
 loads it but with all cores, fed preprocessed photos, no server and no decoding; the ceiling
-any serving setup can reach on this machine. Also what that limit leaves out: the CPU the
-handler's exact preprocessing costs per photo."""
+any serving setup can reach on this machine. The same file on one thread, for how the limit
+scales with cores. Also what that limit leaves out: the CPU the handler's exact preprocessing
+costs per photo."""
 
 from __future__ import annotations
 
@@ -49,11 +50,12 @@ def batch_of(photos: torch.Tensor, size: int) -> torch.Tensor:
     return photos[torch.arange(size) % len(photos)].contiguous()
 
 
-def load_in_process(model_file: Path, model_format: str) -> Forward:
-    """The served file, loaded as our handler loads it, on every core of this machine."""
+def load_in_process(model_file: Path, model_format: str, threads: int | None = None) -> Forward:
+    """The served file, loaded as our handler loads it, on ``threads`` threads (None: every core
+    of this machine)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=JIT_DEPRECATION)
-        model = load_model(str(model_file), model_format, os.cpu_count() or 1)
+        model = load_model(str(model_file), model_format, threads or os.cpu_count() or 1)
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -120,17 +122,52 @@ def in_process_limit(
     )
 
 
+def at_best_batch(
+    model_file: Path,
+    model_format: str,
+    photos: torch.Tensor,
+    limit: InProcessLimit,
+    *,
+    threads: int | None = None,
+    min_time_s: float = 2.0,
+) -> float:
+    """Images per second of the file at the limit's best batch and layout, on ``threads``
+    threads (None: every core)."""
+    forward = load_in_process(model_file, model_format, threads)
+    memory_format = LAYOUTS.get(model_format, DEFAULT_LAYOUTS)[limit.best_layout]
+    batch = batch_of(photos, limit.best_batch).contiguous(memory_format=memory_format)
+    times = call_times(forward, batch, min_time_s=min_time_s, min_calls=3)
+    return round(limit.best_batch * len(times) / sum(times), 2)
+
+
 def limit_again(
     model_file: Path, model_format: str, photos: torch.Tensor, limit: InProcessLimit
 ) -> float:
     """The limit re-measured at its best batch and layout, after the served measurements: this
     machine's speed drifts (other tenants of the host), so the report shows by how much the
     reference moved while the server was measured against it."""
-    forward = load_in_process(model_file, model_format)
-    memory_format = LAYOUTS.get(model_format, DEFAULT_LAYOUTS)[limit.best_layout]
-    batch = batch_of(photos, limit.best_batch).contiguous(memory_format=memory_format)
-    times = call_times(forward, batch, min_time_s=2.0, min_calls=3)
-    return round(limit.best_batch * len(times) / sum(times), 2)
+    return at_best_batch(model_file, model_format, photos, limit)
+
+
+def one_thread_limit(
+    model_file: Path,
+    model_format: str,
+    photos: torch.Tensor,
+    limit: InProcessLimit,
+    *,
+    min_time_s: float = 2.0,
+) -> float:
+    """The file on one thread at the limit's best batch and layout (issue 10): the limit over
+    cores x this is how well one worker's threads scale, the figure that says whether more
+    workers with fewer threads each would pay on a machine with more cores. torch's thread
+    count is put back afterwards (the loader sets it)."""
+    threads = torch.get_num_threads()
+    try:
+        return at_best_batch(
+            model_file, model_format, photos, limit, threads=1, min_time_s=min_time_s
+        )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def preprocessing_cost(

@@ -16,7 +16,15 @@ import psutil
 from resnet_mar.bench.results import Machine, OtherLoad
 
 #: Packages whose versions a report names.
-PACKAGES = ("torch", "torchvision", "torchserve", "torch-model-archiver", "onnxruntime")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "torchserve",
+    "torch-model-archiver",
+    "onnxruntime",
+    "openvino",
+    "nncf",
+)
 
 
 def machine() -> Machine:

@@ -13,10 +13,18 @@ from dataclasses import asdict
 from typing import Any
 
 from resnet_mar.bench.inputs import JPEG_QUALITY, PHOTOS
-from resnet_mar.bench.notes import busiest_other, notes
-from resnet_mar.bench.results import HeadlineRow, InProcessLimit, JpegSizes, Results
-from resnet_mar.bench.setups import ours
+from resnet_mar.bench.notes import busiest_other, notes, share_of_peak, thread_scaling
+from resnet_mar.bench.results import (
+    HeadlineRow,
+    InProcessLimit,
+    JpegSizes,
+    MatmulPeak,
+    Results,
+    ServedPoint,
+)
+from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, V2, ours
 from resnet_mar.bench.targets import NOT_MEASURED, headline, shown
+from resnet_mar.quantization import MAX_TOP1_PROBABILITY_ERROR, MIN_TOP1_AGREEMENT
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
 Block = list[str]
@@ -41,7 +49,9 @@ def render(results: Results) -> str:
         *machine_and_load(results),
         *headline_section(headline(results), notes(results)),
         *limit_section(results),
+        *compute_section(results),
         *served_section(results),
+        *v2_section(results),
         *all_busy_section(results),
         *large_jpeg_section(results),
         ["![throughput and p99 against concurrency](bench.png)"],
@@ -51,7 +61,7 @@ def render(results: Results) -> str:
 
 def summary(results: Results) -> list[str]:
     """What the run prints at its end: the headline, the notes and the other load."""
-    lines = ["", "Headline (targets of issue 4):"]
+    lines = ["", "Headline (targets of issues 4 and 12):"]
     for r in headline(results):
         verdict = "PASS" if r.passed else "FAIL"
         lines.append(f"  {verdict}  {r.model:9s} {r.check}: {shown(r.value)} (target {r.target})")
@@ -92,6 +102,24 @@ def machine_and_load(results: Results) -> list[Block]:
             "does (each model measured while the others idle, then all loaded at once); the stock "
             "setup serves each model alone. One server at a time."
         ],
+        *int8_gate(results),
+    ]
+
+
+def int8_gate(results: Results) -> list[Block]:
+    """The gate the run's int8 builds passed, when it built some."""
+    gate = results.settings.int8_gate
+    if gate is None:
+        return []
+    return [
+        [
+            "The int8 models are built with a relaxed quality gate: top-1 agreement with FP32 >= "
+            f"{gate.min_agreement} and top-1 probability error <= {gate.max_error} on the "
+            f"held-aside photos, instead of the defaults for trained weights ({MIN_TOP1_AGREEMENT} "
+            f"and {MAX_TOP1_PROBABILITY_ERROR}), which untrained networks miss: random weights "
+            "exaggerate quantization error (docs/benchmark/int8.md). The gate checks answers, not "
+            "speed: a trained model's int8 file has the same graph."
+        ]
     ]
 
 
@@ -189,6 +217,74 @@ def limits_by_batch(limits: Sequence[tuple[str, str, InProcessLimit]]) -> Block:
     )
 
 
+def compute_section(results: Results) -> list[Block]:
+    """Each limit against the machine's FP32 matmul peak, and against one thread."""
+    peak = results.fp32_peak
+    measured_peak = (
+        f"{peak.gflop_per_s:.1f} GFLOP/s ({peak.size} x {peak.size} float32 `torch.mm` on "
+        f"{peak.threads} threads, the best of {peak.calls} calls after a warm-up, measured right "
+        f"before the limits; other load {peak.other.other_cores:.2f} cores)"
+        if peak
+        else NOT_MEASURED
+    )
+    rows = [
+        [name, fmt, *arithmetic_cells(model.gflop_per_image, limit, peak)]
+        for name, model in results.models.items()
+        for fmt, limit in model.in_process.items()
+    ]
+    return [
+        ["## Arithmetic: each limit against the FP32 peak and against one thread"],
+        [f"FP32 matmul peak of this machine: {measured_peak}."],
+        markdown_table(
+            [
+                "model",
+                "format",
+                "GFLOP per image>",
+                "limit img/s>",
+                "limit GFLOP/s>",
+                "share of FP32 peak>",
+                "one thread img/s>",
+                "thread scaling>",
+            ],
+            rows,
+        ),
+        [
+            "GFLOP per image: `torch.utils.flop_counter` on torchvision's eager model for one "
+            "crop, a multiply-add counting 2 (convolutions and classifier; the same for every "
+            "format). A limit's share of the peak is its images per second x GFLOP per image / "
+            "the peak: how much of the cores' FP32 arithmetic the runtime turns into images. int8 "
+            "arithmetic is not bounded by the FP32 peak (int8 instructions, VNNI or AMX, do "
+            "several times more operations per cycle), so its share can exceed 1."
+        ],
+        [
+            "One thread: the same file loaded on one thread, at the limit's batch and layout. "
+            "Thread scaling = limit / (threads x one thread): 1 when every thread adds a whole "
+            "core's worth of images. The further below 1, the more a machine with more cores "
+            "would gain from several workers with fewer threads each over one worker with all of "
+            'them (README, "Scaling").'
+        ],
+    ]
+
+
+def arithmetic_cells(
+    gflop: float | None, limit: InProcessLimit, peak: MatmulPeak | None
+) -> list[str]:
+    """GFLOP per image, the limit in images and in GFLOP per second, its share of the peak,
+    the one-thread limit and the thread scaling; "not measured" where a figure is missing."""
+    one, efficiency = limit.one_thread_img_per_s, thread_scaling(limit)
+    rate = limit.limit_img_per_s
+    return [
+        NOT_MEASURED if gflop is None else f"{gflop:.2f}",
+        f"{rate:.1f}",
+        NOT_MEASURED if gflop is None else f"{rate * gflop:.0f}",
+        NOT_MEASURED
+        if gflop is None or peak is None
+        else f"{share_of_peak(rate, gflop, peak.gflop_per_s):.2f}",
+        NOT_MEASURED if one is None else f"{one:.1f}",
+        NOT_MEASURED if efficiency is None else f"{efficiency:.2f}",
+    ]
+
+
 def served_section(results: Results) -> list[Block]:
     environment = ", ".join(f"`{k}={v}`" for k, v in WORKER_ENVIRONMENT.items())
     return [
@@ -229,6 +325,56 @@ def served_section(results: Results) -> list[Block]:
             "`stock` = the same .pt with `--handler image_classifier`, no model-config, "
             "TorchServe's default config and environment (default_workers_per_model = cores, "
             "batch 1)."
+        ],
+    ]
+
+
+def v2_section(results: Results) -> list[Block]:
+    """The Open Inference Protocol against /predictions: same archive, server and clients."""
+    c = HEADLINE_CONCURRENCY
+
+    def cells(point: ServedPoint | None) -> list[Any]:
+        if point is None:
+            return [NOT_MEASURED] * 4
+        lat = point.load.latency_ms
+        return [
+            f"{point.load.throughput_rps:.1f}",
+            f"{lat.p50:.0f}",
+            f"{lat.p99:.0f}",
+            point.load.errors,
+        ]
+
+    rows = []
+    for name, model in results.models.items():
+        predictions, v2 = model.point(ours("torchscript"), c), model.point(V2, c)
+        ratio = (
+            f"{v2.load.throughput_rps / predictions.load.throughput_rps:.2f}"
+            if v2 and predictions and predictions.load.throughput_rps
+            else NOT_MEASURED
+        )
+        rows.append([name, "`PUT /predictions/<m>`, raw JPEG", *cells(predictions), ""])
+        rows.append([name, "`POST /v2/models/<m>/infer`, JSON, base64", *cells(v2), ratio])
+    return [
+        [f"## Open Inference Protocol (v2) against /predictions ({c} clients)"],
+        markdown_table(
+            [
+                "model",
+                "request",
+                "req/s>",
+                "p50 ms>",
+                "p99 ms>",
+                "errors>",
+                "v2 / /predictions req/s>",
+            ],
+            rows,
+        ),
+        [
+            f"`{V2}` = our TorchScript archive in the same server settings as "
+            "`ours-torchscript` (both models in one server), asked with one photo per request as "
+            "the Open Inference Protocol carries it: the JPEG's base64 in a JSON body "
+            "(4/3 of its bytes), which the worker parses and base64-decodes before decoding and "
+            f"classifying it as any other photo; {c} clients only, measured right after "
+            "`ours-torchscript`."
         ],
     ]
 

@@ -3,9 +3,11 @@
 The report, the plot and the headline read these types, never a parsed dict, so a renamed or
 missing figure fails where it is used. ``bench.json`` keeps the layout it has always had (a
 load point's fields side by side with the other load measured meanwhile), so the files of
-earlier runs read back and render again. Measured values are rounded as they are stored, once,
-when a measurement becomes a result: a report rendered during the run and one rendered later
-from its ``bench.json`` are the same.
+earlier runs read back and render again; a figure added later (the FP32 peak, GFLOP per
+image, the one-thread limit, the int8 gate) is written only when measured and reads back as
+None from an earlier file, which the report shows as "not measured". Measured values are
+rounded as they are stored, once, when a measurement becomes a result: a report rendered during
+the run and one rendered later from its ``bench.json`` are the same.
 """
 
 from __future__ import annotations
@@ -206,7 +208,9 @@ class AllBusy:
 class InProcessLimit:
     """The served file in this process on all cores, inference only: images per second at each
     input layout and batch size, the best of them (the limit), and the median batch-1 latency.
-    ``limit_after_img_per_s`` is the limit measured again after the served measurements."""
+    ``limit_after_img_per_s`` is the limit measured again after the served measurements;
+    ``one_thread_img_per_s`` the same file on one thread at the limit's batch and layout (how
+    the limit scales with cores). None: not measured (runs before it have neither)."""
 
     file: str
     threads: int
@@ -218,6 +222,7 @@ class InProcessLimit:
     batch1_latency_ms: float
     other: OtherLoad
     limit_after_img_per_s: float | None = None
+    one_thread_img_per_s: float | None = None
 
     def to_json(self) -> Json:
         found: Json = {
@@ -236,6 +241,8 @@ class InProcessLimit:
         }
         if self.limit_after_img_per_s is not None:
             found["limit_after_img_per_s"] = self.limit_after_img_per_s
+        if self.one_thread_img_per_s is not None:
+            found["one_thread_img_per_s"] = self.one_thread_img_per_s
         return found
 
     @classmethod
@@ -254,17 +261,25 @@ class InProcessLimit:
             batch1_latency_ms=data["batch1_latency_ms"],
             other=OtherLoad.from_json(data),
             limit_after_img_per_s=data.get("limit_after_img_per_s"),
+            one_thread_img_per_s=data.get("one_thread_img_per_s"),
         )
 
 
 @dataclass
 class ModelResults:
-    """Everything measured for one model: its limit per format, each served setup (by label)
-    and the CPU its exact preprocessing costs per photo."""
+    """Everything measured for one model: its limit per format, each served setup (by label),
+    the CPU its exact preprocessing costs per photo and the arithmetic one image asks of it
+    (GFLOP, the same in every format). None: not measured (runs before it counted no GFLOP)."""
 
     in_process: dict[str, InProcessLimit] = field(default_factory=dict)
     served: dict[str, ServedModel] = field(default_factory=dict)
     preprocessing_ms: float | None = None
+    gflop_per_image: float | None = None
+
+    def point(self, label: str, concurrency: int) -> ServedPoint | None:
+        """The setup ``label``'s point at ``concurrency``, None when it was not measured."""
+        served = self.served.get(label)
+        return served.at(concurrency) if served else None
 
     def to_json(self) -> Json:
         found: Json = {
@@ -273,6 +288,8 @@ class ModelResults:
         }
         if self.preprocessing_ms is not None:
             found["preprocessing_ms"] = self.preprocessing_ms
+        if self.gflop_per_image is not None:
+            found["gflop_per_image"] = self.gflop_per_image
         return found
 
     @classmethod
@@ -281,6 +298,40 @@ class ModelResults:
             {fmt: InProcessLimit.from_json(limit) for fmt, limit in data["in_process"].items()},
             {label: ServedModel.from_json(s) for label, s in data["served"].items()},
             data.get("preprocessing_ms"),
+            data.get("gflop_per_image"),
+        )
+
+
+@dataclass(frozen=True)
+class MatmulPeak:
+    """The machine's FP32 arithmetic peak as one run measured it: GFLOP/s of a ``size`` x
+    ``size`` float32 matrix product (2 size^3 operations) on ``threads`` threads, the best of
+    ``calls`` calls, and the other load meanwhile. An in-process limit times its model's GFLOP
+    per image, over this, is the share of the hardware's FP32 arithmetic the file uses."""
+
+    gflop_per_s: float
+    size: int
+    threads: int
+    calls: int
+    other: OtherLoad
+
+    def to_json(self) -> Json:
+        return {
+            "gflop_per_s": self.gflop_per_s,
+            "size": self.size,
+            "threads": self.threads,
+            "calls": self.calls,
+            **self.other.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Json) -> MatmulPeak:
+        return cls(
+            data["gflop_per_s"],
+            data["size"],
+            data["threads"],
+            data["calls"],
+            OtherLoad.from_json(data),
         )
 
 
@@ -293,29 +344,53 @@ class Machine:
 
 
 @dataclass(frozen=True)
+class Int8Gate:
+    """The quality gate an int8 build must pass (``BuildRequest.int8_min_agreement`` and
+    ``int8_max_error``): top-1 agreement with FP32 on held-aside photos, and the largest error
+    of the top-1 class's probability."""
+
+    min_agreement: float
+    max_error: float
+
+    def to_json(self) -> Json:
+        return {"min_agreement": self.min_agreement, "max_error": self.max_error}
+
+    @classmethod
+    def from_json(cls, data: Json) -> Int8Gate:
+        return cls(data["min_agreement"], data["max_error"])
+
+
+@dataclass(frozen=True)
 class Settings:
-    """What the run was asked to measure: formats, client counts, seconds per point."""
+    """What the run was asked to measure: formats, client counts, seconds per point, and the
+    gate its int8 builds passed (None: the run built no int8 model)."""
 
     formats: tuple[str, ...]
     concurrencies: tuple[int, ...]
     duration_s: float
     warmup_s: float
+    int8_gate: Int8Gate | None = None
 
     def to_json(self) -> Json:
-        return {
+        found: Json = {
             "formats": list(self.formats),
             "concurrencies": list(self.concurrencies),
             "duration_s": self.duration_s,
             "warmup_s": self.warmup_s,
         }
+        if self.int8_gate is not None:
+            found["int8_gate"] = self.int8_gate.to_json()
+        return found
 
     @classmethod
     def from_json(cls, data: Json) -> Settings:
+        gate = data.get("int8_gate")
         return cls(
             tuple(data["formats"]),
             tuple(data["concurrencies"]),
             data["duration_s"],
             data["warmup_s"],
+            Int8Gate.from_json(gate) if gate else None,
         )
 
 
@@ -342,7 +417,8 @@ class HeadlineRow:
 
 @dataclass
 class Results:
-    """One run. It is filled as the run goes (``load_end`` and ``wall_time_s`` at its end)."""
+    """One run. It is filled as the run goes (``load_end`` and ``wall_time_s`` at its end).
+    ``fp32_peak`` None: not measured (runs before it did not measure the peak)."""
 
     started: str
     machine: Machine
@@ -353,15 +429,18 @@ class Results:
     all_busy: dict[str, AllBusy] = field(default_factory=dict)
     load_end: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
+    fp32_peak: MatmulPeak | None = None
 
     def to_json(self, headline: list[HeadlineRow]) -> Json:
         """``bench.json``, with the headline as checked at the end of the run."""
+        peak = {"fp32_peak": self.fp32_peak.to_json()} if self.fp32_peak else {}
         return {
             "started": self.started,
             "machine": asdict(self.machine),
             "versions": dict(self.versions),
             "load": {"start": list(self.load_start), "end": list(self.load_end)},
             "settings": self.settings.to_json(),
+            **peak,
             "models": {name: model.to_json() for name, model in self.models.items()},
             "all_busy": {label: busy.to_json() for label, busy in self.all_busy.items()},
             "headline": [row.to_json() for row in headline],
@@ -382,4 +461,5 @@ class Results:
             all_busy={label: AllBusy.from_json(b) for label, b in data["all_busy"].items()},
             load_end=list(data["load"]["end"]),
             wall_time_s=data["wall_time_s"],
+            fp32_peak=MatmulPeak.from_json(data["fp32_peak"]) if "fp32_peak" in data else None,
         )
