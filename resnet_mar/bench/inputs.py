@@ -5,23 +5,16 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
-import matplotlib
-import skimage.data
 from PIL import Image
 
-SKIMAGE_DATA = Path(skimage.data.__file__).parent
-PHOTOS = (
-    SKIMAGE_DATA / "chelsea.png",
-    SKIMAGE_DATA / "coffee.png",
-    SKIMAGE_DATA / "astronaut.png",
-    SKIMAGE_DATA / "rocket.jpg",
-    Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg",
-)
+from resnet_mar.photos import photo_paths
+
+#: The build's sample photos (resnet_mar/photos.py), the ones the tests serve too.
+PHOTOS = tuple(photo_paths().values())
 JPEG_QUALITY = 90
 #: Source of the large/small JPEG pair, both stretched to 4:3 as a phone photo is.
-SIZE_TEST_PHOTO = SKIMAGE_DATA / "coffee.png"
+SIZE_TEST_PHOTO = photo_paths()["coffee"]
 SMALL_JPEG_SIZE = (640, 480)
 LARGE_JPEG_SIZE = (4000, 3000)
 
@@ -35,9 +28,6 @@ def jpeg_bytes(image: Image.Image) -> bytes:
 def photo_payloads() -> list[bytes]:
     """The request bodies: JPEG files as they are, PNGs re-encoded to JPEG in memory (clients
     send JPEG photos; a PNG would make decoding, not the model, the cost being measured)."""
-    missing = [str(p) for p in PHOTOS if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"benchmark photos missing (run 'make setup'): {missing}")
     return [p.read_bytes() if p.suffix == ".jpg" else jpeg_bytes(Image.open(p)) for p in PHOTOS]
 
 
