@@ -220,7 +220,7 @@ class ResNetClassifierHandler:
         map: a model that cannot answer must never become READY."""
         crop = self.settings.preprocessing.crop_size
         blank = torch.zeros(3, crop, crop, dtype=torch.uint8)
-        for batch in (1, 2, 4, 1):
+        for batch in (1, 2, 4, 8, 1):  # OpenVINO's first call at a new batch size costs more
             probabilities = self.classify(self.batch_input([blank] * batch))
         if probabilities.shape[1] != len(self.labels):
             raise ValueError(
