@@ -18,6 +18,7 @@ INT8_MAX_ERROR ?=
 BUILD       ?= build
 MODEL_STORE ?= model_store
 RUN         ?= run
+CONFIG      ?= config.properties
 PROTOCOL    ?= v2
 STORAGE_URI ?= pvc://resnet-mar/kserve
 SERVICE     ?= resnet-mar
@@ -51,6 +52,7 @@ help: ## list targets and variables
 	@echo "  SEED=$(SEED)        seed of untrained weights (WEIGHTS=none)"
 	@echo "  JPEG_DRAFT=$(JPEG_DRAFT)  empty or 0: exact full JPEG decoding | 2: large JPEGs decoded at reduced scale (faster)"
 	@echo "  RUN=$(RUN)          the served TorchServe's own folder (sockets, logs, state; owner only)"
+	@echo "  CONFIG=$(CONFIG)  TorchServe settings make serve starts it with (its public addresses among them)"
 	@echo "  PROTOCOL=$(PROTOCOL)  make kserve: v1 | v2 | grpc-v2"
 	@echo "  STORAGE_URI=$(STORAGE_URI)  make kserve: where the cluster finds kserve/ (pvc://claim/folder, s3://bucket/folder)"
 	@echo "  SERVICE=$(SERVICE)  POD_CPUS=$(POD_CPUS)  POD_MEMORY=$(POD_MEMORY)  make kserve: InferenceService name and pod size"
@@ -119,7 +121,7 @@ archive: $(ARCHIVES) ## pack model_store/<name>.mar per model (archive.sh); rebu
 
 # --- Serving.
 serve: $(ARCHIVES) host-tools ## start TorchServe with every archive, in its own network namespace; wait until READY
-	$(BIN)/python -m resnet_mar serve --config config.properties --model-store $(MODEL_STORE) --folder $(RUN)
+	$(BIN)/python -m resnet_mar serve --config $(CONFIG) --model-store $(MODEL_STORE) --folder $(RUN)
 
 stop: ## drain and stop the server make serve started; returns once nothing of it runs
 	$(BIN)/python -m resnet_mar stop --folder $(RUN)
