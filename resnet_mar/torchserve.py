@@ -204,6 +204,26 @@ def log_tail(log_file: Path | None, lines: int = 40) -> str:
     return f"\n--- last {len(tail)} lines of {log_file} ---\n" + "\n".join(tail)
 
 
+def server_environment(
+    inherited: Mapping[str, str], worker_environment: Mapping[str, str], folder: ServerFolder
+) -> dict[str, str]:
+    """TorchServe's environment: the caller's, with the workers' tuning exactly as the setup
+    asks. Tuning variables the caller happens to carry are dropped first, so a setup without
+    them (the benchmark's stock baseline, run from a benchmark that sets GOMP_SPINCOUNT for
+    its own in-process limits) really runs without them."""
+    env = {k: v for k, v in inherited.items() if k not in WORKER_ENVIRONMENT}
+    return {
+        **env,
+        **worker_environment,
+        # TMPDIR: TorchServe's pid file and the handler's compute gate; TEMP: worker sockets
+        # and extracted archives (both per server, out of the shared /tmp).
+        "TMPDIR": str(folder.tmp),
+        "TEMP": str(folder.tmp),
+        "LOG_LOCATION": str(folder.logs),
+        "METRICS_LOCATION": str(folder.logs),
+    }
+
+
 def start_server(
     model_store: Path,
     models: list[str],
@@ -225,16 +245,7 @@ def start_server(
     except DoorError as err:
         raise ServerError(str(err)) from None
     folder.config.write_text(isolated_config(config_text, folder) if isolated else config_text)
-    env = {
-        **os.environ,
-        **worker_environment,
-        # TMPDIR: TorchServe's pid file and the handler's compute gate; TEMP: worker sockets
-        # and extracted archives (both per server, out of the shared /tmp).
-        "TMPDIR": str(folder.tmp),
-        "TEMP": str(folder.tmp),
-        "LOG_LOCATION": str(folder.logs),
-        "METRICS_LOCATION": str(folder.logs),
-    }
+    env = server_environment(os.environ, worker_environment, folder)
     command = [
         *prefix,
         torchserve_executable(),
