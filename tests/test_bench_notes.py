@@ -117,7 +117,10 @@ def test_bench_json_keeps_every_new_figure(measured: Results) -> None:
 
 
 def test_a_stored_run_from_before_reads_them_as_not_measured() -> None:
-    stored = Results.from_json(json.loads((DATA / "bench_results.json").read_text()))
+    """bench_results_before_issue12.json: the run of 2026-11-22, written before the peak, the
+    GFLOP, the one-thread limits and the v2 point were measured."""
+    before = DATA / "bench_results_before_issue12.json"
+    stored = Results.from_json(json.loads(before.read_text()))
     assert stored.fp32_peak is None and stored.settings.int8_gate is None
     for model_results in stored.models.values():
         assert model_results.gflop_per_image is None

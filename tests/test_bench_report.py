@@ -63,7 +63,7 @@ def test_a_limit_not_measured_again_says_so(stored_run: Results) -> None:
     model = stored_run.models["resnet18"]
     model.in_process["onnx"] = replace(model.in_process["onnx"], limit_after_img_per_s=None)
     report = render(stored_run).splitlines()
-    assert "| resnet18 | onnx | 144.5 | batch 16, contiguous | 7.4 | 0.00 | not measured |" in (
+    assert "| resnet18 | onnx | 94.9 | batch 16, contiguous | 12.0 | 0.01 | not measured |" in (
         report
     )
     assert not any(line.startswith("- resnet18: onnx limit measured again") for line in report)

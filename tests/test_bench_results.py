@@ -98,7 +98,7 @@ def test_limit_batch_sizes_are_numbers_in_results_and_keys_in_json() -> None:
         (100.0, 0.0, 2, 100.0),  # free preprocessing: the limit itself
         (100.0, 10.0, 2, 1 / (0.01 + 0.005)),  # 10 ms + 5 ms per image
         (100.0, 10.0, 1, 50.0),  # one core pays all of it
-        (131.2, 1.93, 2, 116.456),  # resnet18 in docs/benchmark/report.md: "116.5 img/s"
+        (131.2, 1.93, 2, 116.456),  # resnet18 in the run of 2026-11-22: "116.5 img/s"
     ],
 )
 def test_attainable_img_per_s(
