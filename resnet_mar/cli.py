@@ -118,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(f"  curl -T photo.jpg {server.endpoints.inference}/explanations/{name}")
     socket = server.endpoints.management.removeprefix("unix:")
     print(f"management (owner only): curl --unix-socket {socket} http://localhost/models")
-    print(f"metrics: curl {server.endpoints.metrics}/metrics    stop: make stop")
+    print(f"metrics: curl {server.endpoints.metrics}/metrics    stop: make stop RUN={args.folder}")
 
 
 def cmd_stop(args: argparse.Namespace) -> None:

@@ -99,6 +99,7 @@ def test_serve_scale_drain_and_stop(
     assert served.returncode == 0, served.stdout + served.stderr
     state = ServerState.load(folder)
     assert f"curl -T photo.jpg {state.endpoints.inference}/predictions/resnet18" in served.stdout
+    assert f"stop: make stop RUN={folder.root}" in served.stdout  # the folder it must stop
 
     # Built here on 2 CPUs, served on one: the worker resolves one thread, answers unchanged.
     model_log = (folder.logs / "model_log.log").read_text(errors="replace")
