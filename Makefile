@@ -151,7 +151,7 @@ lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check resnet_mar handlers tests
 	$(BIN)/ruff format --check resnet_mar handlers tests
 
-bench: setup ## served vs in-process limit vs stock TorchServe -> results/bench/report.md (~15 min)
+bench: setup ## served vs in-process limit vs stock TorchServe -> results/bench/report.md (~17 min)
 	$(BIN)/python -m resnet_mar.bench --out results/bench --work $(BUILD)/bench
 
 clean: ## remove build outputs, archives, kserve/ and results (keeps .venv and a running server's folder)
