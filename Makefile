@@ -68,6 +68,20 @@ $(STAMP): pyproject.toml
 	@touch $@
 	@echo "setup: $(VENV) ready ($$($(BIN)/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'))"
 
+# The end of a recipe that has put the Debian packages it lacks in $$missing: nothing when
+# none, apt-get as root, else what is needed ($(2), no commas) and a failure. $(1): who asks.
+define install_missing
+if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "$(1): installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else \
+		echo "$(1): $(2); missing:$$missing. Install them as root (apt-get install$$missing)." >&2; exit 1; \
+	fi
+endef
+HOST_TOOLS_NEED = TorchServe here needs Java >= 17 (found: $${major:-none}) and socat and unshare and ip and curl
+CPP_NEEDS = build/classify needs a C++20 compiler (g++ >= 10) and libjpeg and libpng and nlohmann-json
+
 # What TorchServe and its doors need from the system; installed with apt-get when missing and root.
 host-tools:
 	@missing=""; \
@@ -77,13 +91,7 @@ host-tools:
 	command -v unshare >/dev/null || missing="$$missing util-linux"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "setup: installing$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	else \
-		echo "setup: TorchServe here needs Java >= 17 (found: $${major:-none}), socat, unshare, ip and curl; missing:$$missing. Install them as root (apt-get install$$missing)." >&2; exit 1; \
-	fi
+	$(call install_missing,setup,$(HOST_TOOLS_NEED))
 
 labels: $(STAMP) ## regenerate index_to_name.json from torchvision's ImageNet categories
 	$(BIN)/python -m resnet_mar labels --out index_to_name.json
@@ -190,10 +198,4 @@ cpp-deps:
 	for pair in $(CPP_HEADERS); do \
 		echo "#include <$${pair%%:*}>" | $(CXX) -E -x c++ - >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
 	done; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "cpp: installing$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	else \
-		echo "cpp: build/classify needs a C++20 compiler (g++ >= 10), libjpeg, libpng and nlohmann-json; missing:$$missing. Install them as root (apt-get install$$missing)." >&2; exit 1; \
-	fi
+	$(call install_missing,cpp,$(CPP_NEEDS))

@@ -79,34 +79,22 @@ def read_request(
     num_classes: int,
     max_images: int,
 ) -> ParsedRequest:
-    """One TorchServe request (and its lower-cased headers) -> what it asks, a prediction or
-    an explanation (TorchServe's ``explain`` header); raises BadInput."""
-    return dataclasses.replace(
-        _read_body(request, headers, default_topk, num_classes, max_images),
-        explain=headers.get("explain") == "True",
-    )
-
-
-def _read_body(
-    request: dict[str, Any],
-    headers: dict[str, str],
-    default_topk: int,
-    num_classes: int,
-    max_images: int,
-) -> ParsedRequest:
-    """The images and options the body carries, read by its protocol."""
+    """One TorchServe request (and its lower-cased headers) -> what it asks, read by its
+    protocol: the images, top-k, and whether it is an explanation (TorchServe's ``explain``
+    header); raises BadInput."""
     protocol, document = protocol_of(request)
     header_topk = {name: headers[key] for key, name in OPTION_HEADERS.items() if key in headers}
     if protocol == PREDICTIONS:
         payload = extract_payload(request, headers)
         topk = parse_topk(payload.options.get("topk", default_topk), num_classes)
-        return ParsedRequest(PREDICTIONS, [payload.image], topk)
-    assert document is not None
-    if protocol == KSERVE_V1:
+        parsed = ParsedRequest(PREDICTIONS, [payload.image], topk)
+    elif protocol == KSERVE_V1:
+        assert document is not None
         images = _v1_images(document.get("instances"))
         raw_topk = document.get("topk", header_topk.get("topk", default_topk))
         parsed = ParsedRequest(KSERVE_V1, images, parse_topk(raw_topk, num_classes))
     else:
+        assert document is not None
         parsed = _v2_request(document, header_topk.get("topk", default_topk), num_classes)
     if len(parsed.images) > max_images:
         raise BadInput(
@@ -115,7 +103,7 @@ def _read_body(
             f"{len(parsed.images)} images in one request, over the limit of {max_images}: "
             "split them over several requests (the server batches them anyway)",
         )
-    return parsed
+    return dataclasses.replace(parsed, explain=headers.get("explain") == "True")
 
 
 def encode_answer(

@@ -77,9 +77,14 @@ class ServerFolder:
             raise DoorError(f"server folder path too long for unix sockets: {self.root}")
 
 
+def config_addresses(config_text: str) -> dict[str, str]:
+    """Every ``<door>_address`` config.properties sets, by door."""
+    return dict(re.findall(r"^\s*(\w+)_address\s*=\s*(\S+)", config_text, re.MULTILINE))
+
+
 def public_addresses(config_text: str) -> dict[str, str]:
     """The loopback addresses config.properties gives the public doors."""
-    found = dict(re.findall(r"^\s*(\w+)_address\s*=\s*(\S+)", config_text, re.MULTILINE))
+    found = config_addresses(config_text)
     missing = [door for door in PUBLIC_DOORS if door not in found]
     if missing:
         raise DoorError(f"config.properties lacks {', '.join(f'{d}_address' for d in missing)}")
@@ -148,7 +153,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket: the management door of an isolated server."""
+
     def __init__(self, path: Path, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = str(path)
@@ -159,9 +166,11 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
-def unix_http(path: Path, method: str, target: str, timeout: float = 10) -> tuple[int, Any]:
-    """One HTTP request over a unix socket (the management door): status and decoded JSON."""
-    connection = _UnixConnection(path, timeout)
+def http_exchange(
+    connection: http.client.HTTPConnection, method: str, target: str
+) -> tuple[int, Any]:
+    """One HTTP request on a fresh connection, then closed: status and decoded JSON (the text
+    when the body is not JSON)."""
     try:
         connection.request(method, target)
         response = connection.getresponse()

@@ -28,13 +28,15 @@ from resnet_mar.server_doors import (
     REPO_ROOT,
     DoorError,
     ServerFolder,
+    UnixHTTPConnection,
+    config_addresses,
     forwarder_command,
     free_port,
     host_and_port,
+    http_exchange,
     isolated_config,
     isolation_prefix,
     public_addresses,
-    unix_http,
 )
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
@@ -115,40 +117,38 @@ def torchserve_executable() -> str:
 def management_call(
     endpoint: str, method: str, target: str, timeout: float = 10
 ) -> tuple[int, Any]:
-    """One management API call: status and decoded JSON."""
+    """One management API call, over the owner's unix socket or TCP: status and decoded JSON."""
     if endpoint.startswith("unix:"):
-        return unix_http(Path(endpoint.removeprefix("unix:")), method, target, timeout)
-    host, port = host_and_port(endpoint)
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        connection.request(method, target)
-        response = connection.getresponse()
-        body = response.read()
-    finally:
-        connection.close()
-    return response.status, json.loads(body or b"null")
+        connection = UnixHTTPConnection(Path(endpoint.removeprefix("unix:")), timeout)
+    else:
+        connection = http.client.HTTPConnection(*host_and_port(endpoint), timeout=timeout)
+    return http_exchange(connection, method, target)
+
+
+def described_models(endpoint: str) -> dict[str, list[dict[str, Any]]]:
+    """Every registered model's description (one entry per version), by name."""
+    _, listed = management_call(endpoint, "GET", "/models")
+    return {
+        entry["modelName"]: management_call(endpoint, "GET", f"/models/{entry['modelName']}")[1]
+        for entry in (listed or {}).get("models", [])
+    }
 
 
 def model_status(endpoint: str) -> dict[str, list[str]]:
     """Worker statuses per registered model, from the management API."""
-    _, listed = management_call(endpoint, "GET", "/models")
-    statuses = {}
-    for entry in (listed or {}).get("models", []):
-        _, described = management_call(endpoint, "GET", f"/models/{entry['modelName']}")
-        statuses[entry["modelName"]] = [
-            worker["status"] for model in described for worker in model.get("workers", [])
-        ]
-    return statuses
+    return {
+        name: [worker["status"] for model in described for worker in model.get("workers", [])]
+        for name, described in described_models(endpoint).items()
+    }
 
 
 def pending_requests(endpoint: str) -> int:
     """Requests queued for every model, not yet handed to a worker."""
-    _, listed = management_call(endpoint, "GET", "/models")
-    total = 0
-    for entry in (listed or {}).get("models", []):
-        _, described = management_call(endpoint, "GET", f"/models/{entry['modelName']}")
-        total += sum(m.get("jobQueueStatus", {}).get("pendingRequests", 0) for m in described)
-    return total
+    return sum(
+        model.get("jobQueueStatus", {}).get("pendingRequests", 0)
+        for described in described_models(endpoint).values()
+        for model in described
+    )
 
 
 def wait_until_ready(
@@ -291,10 +291,10 @@ def _start_forwarder(door: str, command: list[str], folder: ServerFolder) -> sub
 
 
 def _address(config_text: str, door: str) -> str:
-    match = re.search(rf"^\s*{door}_address\s*=\s*(\S+)", config_text, re.MULTILINE)
-    if not match:
+    address = config_addresses(config_text).get(door)
+    if address is None:
         raise ServerError(f"config.properties lacks {door}_address")
-    return match.group(1)
+    return address
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from resnet_handler import ResNetClassifierHandler
 
 from resnet_mar.torchserve import REPO_ROOT, RunningServer, private_server
+from tests.fake_context import FakeContext, initialized_handler, unpacked_model_dir
 from tests.photos import PHOTOS
 from tests.reference import load_archive_reference
 from tests.served_models import MODELS, VERSION, build_served_models
@@ -72,3 +74,13 @@ def references(model_store: Path) -> dict[str, tuple]:
     return {
         name: load_archive_reference(model_store / f"{name}.mar", f"{name}.pt") for name in MODELS
     }
+
+
+@pytest.fixture(scope="module")
+def handler_and_context(
+    build_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ResNetClassifierHandler, FakeContext]:
+    """The resnet18 archive's handler as a worker holds it after loading (no envelope), and
+    its context; one per test module."""
+    model_dir = unpacked_model_dir(build_dir, "resnet18", tmp_path_factory.mktemp("resnet18"))
+    return initialized_handler(model_dir, "resnet18.pt")

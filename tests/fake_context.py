@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from resnet_handler import ResNetClassifierHandler
 
 
 class FakeMetrics:
@@ -59,3 +60,20 @@ def unpacked_model_dir(build_dir: Path, name: str, target: Path) -> Path:
     for member in ("index_to_name.json", "model-config.yaml"):
         shutil.copy(build_dir / name / member, target / member)
     return target
+
+
+def unpacked_build(model_file: Path, archive_dir: Path, target: Path) -> Path:
+    """A build's model file and archive members side by side, as TorchServe unpacks them."""
+    for member in (model_file, *archive_dir.iterdir()):
+        shutil.copy(member, target / member.name)
+    return target
+
+
+def initialized_handler(
+    model_dir: Path, serialized_file: str
+) -> tuple[ResNetClassifierHandler, FakeContext]:
+    """The handler as a worker holds it after loading ``model_dir``, and its context."""
+    context = FakeContext(model_dir, serialized_file)
+    handler = ResNetClassifierHandler()
+    handler.initialize(context)
+    return handler, context

@@ -18,11 +18,11 @@ from explanations import (
     integrated_gradients,
     rounded,
 )
-from resnet_handler import ResNetClassifierHandler, decode_image, model_input
+from resnet_handler import decode_image, model_input
 from serving_schema import HandlerSettings
 
 from resnet_mar.weights import STANDARD_IMAGENET, load_weights
-from tests.fake_context import FakeContext, unpacked_model_dir
+from tests.fake_context import initialized_handler, unpacked_model_dir
 from tests.reference import assert_same_answer, reference_answer
 from tests.served_models import max_response_size
 
@@ -163,17 +163,6 @@ def test_values_are_rounded_to_four_significant_digits() -> None:
     assert max(len(json.dumps(value)) for value in rounded(extremes)[0]) == 10
 
 
-@pytest.fixture(scope="module")
-def handler_and_context(
-    build_dir: Path, tmp_path_factory
-) -> tuple[ResNetClassifierHandler, FakeContext]:
-    model_dir = unpacked_model_dir(build_dir, "resnet18", tmp_path_factory.mktemp("resnet18"))
-    context = FakeContext(model_dir, "resnet18.pt")
-    handler = ResNetClassifierHandler()
-    handler.initialize(context)
-    return handler, context
-
-
 def handled(handler, context, requests: list[dict], headers: list[dict]) -> list:
     context.headers, context.statuses, context.content_types = headers, {}, {}
     return handler.handle(requests, context)
@@ -236,9 +225,7 @@ def test_without_captum_explanations_are_501_and_predictions_still_answered(
     monkeypatch.setitem(sys.modules, "captum", None)  # import captum now raises ImportError
     monkeypatch.setitem(sys.modules, "captum.attr", None)
     model_dir = unpacked_model_dir(build_dir, "resnet18", tmp_path / "model")
-    context = FakeContext(model_dir, "resnet18.pt")
-    handler = ResNetClassifierHandler()
-    handler.initialize(context)  # loads all the same
+    handler, context = initialized_handler(model_dir, "resnet18.pt")  # loads all the same
     photo = photo_bytes["coffee"]
     answers = handled(handler, context, [{"body": photo}, {"body": photo}], [EXPLAIN, {}])
     assert context.statuses == {0: (501, "ExplanationsUnavailable")}

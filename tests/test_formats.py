@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from resnet_handler import ResNetClassifierHandler
 
 from resnet_mar.build import BuildError, BuildRequest, BuildResult, build_model
 from resnet_mar.weights import load_weights, sha256_of
-from tests.fake_context import FakeContext
+from tests.fake_context import initialized_handler, unpacked_build
 
 #: Format -> the suffix archive.sh finds it by. AOTInductor compiles C++ for ~15-30 s on two
 #: cores for resnet18: slow, but well within a default test run.
@@ -72,12 +71,8 @@ def test_handler_runtime_gives_the_eager_logits(built: BuildResult, eager: torch
 
 def served_handler(built: BuildResult, model_dir: Path) -> tuple[ResNetClassifierHandler, Any]:
     """The handler initialised on the build's files, unpacked as TorchServe would."""
-    for member in (built.model_file, *built.archive_dir.iterdir()):
-        shutil.copy(member, model_dir / member.name)
-    context = FakeContext(model_dir, built.model_file.name)
-    handler = ResNetClassifierHandler()
-    handler.initialize(context)
-    return handler, context
+    unpacked_build(built.model_file, built.archive_dir, model_dir)
+    return initialized_handler(model_dir, built.model_file.name)
 
 
 def test_handler_serves_every_format(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -131,17 +130,6 @@ def test_label_scores_are_the_stock_shape_best_first() -> None:
     }
     assert list(answer) == ["crane", "c", "b"]
     assert list(label_scores(probabilities, 1, labels)) == ["crane"]
-
-
-@pytest.fixture(scope="module")
-def handler_and_context(
-    build_dir: Path, tmp_path_factory
-) -> tuple[ResNetClassifierHandler, FakeContext]:
-    model_dir = unpacked_model_dir(build_dir, "resnet18", tmp_path_factory.mktemp("resnet18"))
-    context = FakeContext(model_dir, "resnet18.pt")
-    handler = ResNetClassifierHandler()
-    handler.initialize(context)
-    return handler, context
 
 
 def test_one_bad_request_does_not_fail_its_batch(

@@ -23,7 +23,7 @@ from inference_protocols import (
 )
 from input_errors import BadInput
 
-from tests.fake_context import FakeContext, unpacked_model_dir
+from tests.fake_context import unpacked_model_dir
 from tests.reference import assert_same_answer, reference_answer
 
 
@@ -154,24 +154,12 @@ def test_errors_in_each_protocols_shape() -> None:
     assert error_body(KSERVE_V1, whole) == {"error": "MalformedJSON: no inputs"}
 
 
-@pytest.fixture(scope="module")
-def served_handler(build_dir: Path, tmp_path_factory):
-    """The resnet18 archive's handler as a worker would hold it (no envelope)."""
-    from resnet_handler import ResNetClassifierHandler
-
-    model_dir = unpacked_model_dir(build_dir, "resnet18", tmp_path_factory.mktemp("model"))
-    context = FakeContext(model_dir, "resnet18.pt")
-    handler = ResNetClassifierHandler()
-    handler.initialize(context)
-    return handler, context
-
-
 def test_a_batch_mixing_protocols_is_answered_request_by_request(
-    served_handler, build_dir, photo_bytes
+    handler_and_context, build_dir, photo_bytes
 ) -> None:
     """One TorchServe batch: a v2 request with two images, a v1 request with a broken image
     among good ones, a /predictions request: one forward pass, each answer its own."""
-    handler, context = served_handler
+    handler, context = handler_and_context
     model = torch.jit.load(str(build_dir / "resnet18.pt")).eval()
     labels = json.loads((build_dir / "resnet18" / "index_to_name.json").read_text())
     jpeg, png = photo_bytes["rocket"], photo_bytes["chelsea"]

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from model_runtimes import load_openvino
-from resnet_handler import ResNetClassifierHandler
 
 from resnet_mar.build import BuildError, BuildRequest, BuildResult, build_model
 from resnet_mar.calibration import CalibrationError, calibration_set
@@ -22,7 +21,7 @@ from resnet_mar.quantization import (
     estimate_batchnorm,
 )
 from resnet_mar.weights import load_weights
-from tests.fake_context import FakeContext
+from tests.fake_context import initialized_handler, unpacked_build
 
 #: Untrained networks cannot meet the trained-model target of the gate (the top-1 probability
 #: within 0.05; measured 0.12-0.16 here): the test builds relax it, as README says.
@@ -97,10 +96,8 @@ def test_untrained_answers_depend_on_the_photo_once_calibrated(fp32_reference) -
 
 
 def test_the_handler_serves_int8_with_openvino(built: BuildResult, tmp_path: Path) -> None:
-    for member in (built.model_file, *built.archive_dir.iterdir()):
-        shutil.copy(member, tmp_path / member.name)
-    handler = ResNetClassifierHandler()
-    handler.initialize(FakeContext(tmp_path, built.model_file.name))
+    unpacked_build(built.model_file, built.archive_dir, tmp_path)
+    handler, _ = initialized_handler(tmp_path, built.model_file.name)
     batch = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     direct = load_openvino(str(built.model_file), 1)(batch).softmax(dim=1)
     assert torch.allclose(handler.classify(batch), direct, atol=1e-6)

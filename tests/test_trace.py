@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from resnet_handler import ResNetClassifierHandler
 from torch import nn
 
 from resnet_mar.build import (
@@ -26,7 +25,7 @@ from resnet_mar.parity import ParityError, ParityInput, check_parity
 from resnet_mar.photos import PhotosMissingError, photo_paths, photo_tensors
 from resnet_mar.torchserve import REPO_ROOT
 from resnet_mar.weights import STANDARD_IMAGENET, load_weights
-from tests.fake_context import FakeContext, unpacked_model_dir
+from tests.fake_context import initialized_handler, unpacked_model_dir
 from tests.reference import assert_same_answer, reference_answer
 
 
@@ -83,9 +82,7 @@ def test_traced_file_gives_the_eager_logits_at_any_batch_and_layout(
 
 def test_handler_serves_a_traced_model(traced, eager, photo_bytes, tmp_path: Path) -> None:
     model_dir = unpacked_model_dir(traced.model_file.parent, "resnet18", tmp_path / "model")
-    context = FakeContext(model_dir, "resnet18.pt")
-    handler = ResNetClassifierHandler()
-    handler.initialize(context)
+    handler, context = initialized_handler(model_dir, "resnet18.pt")
     names = list(photo_bytes)
     context.headers = [{} for _ in names]
     answers = handler.handle([{"body": photo_bytes[name]} for name in names], context)
