@@ -25,6 +25,7 @@ import json
 import shutil
 import zipfile
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import yaml
@@ -34,8 +35,9 @@ from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
 MOUNT = "/mnt/models"
 PROTOCOLS = {"v1": "kserve", "v2": "kservev2", "grpc-v2": "kservev2"}
-#: The TorchServe this project pins; KServe's own default runtime image is 0.9.0.
-TORCHSERVE_VERSION = "0.12.0"
+#: The TorchServe the archives were built and tested with (pyproject.toml pins it); KServe's
+#: own default runtime image is 0.9.0.
+TORCHSERVE_VERSION = version("torchserve")
 STORAGE_SCHEMES = ("pvc://", "s3://", "gs://", "https://", "http://", "hdfs://", "webhdfs://")
 
 
