@@ -24,23 +24,31 @@ ANSWERED = "answered"
 
 
 class RequestMetrics:
-    """Records one request's outcome and time, for one model."""
+    """Records one request's outcome and time, for one model. What does not change between
+    requests (TorchServe's metric types, the model's dimensions) is looked up once."""
 
     def __init__(self, context: Any) -> None:
         self._metrics = getattr(context, "metrics", None)
-        self._model = getattr(context, "model_name", None) or "unknown"
         self._failed = False
+        try:
+            from ts.metrics.dimension import Dimension
+            from ts.metrics.metric_type_enum import MetricTypes
+        except ImportError:
+            self._metrics = None
+            return
+        model = getattr(context, "model_name", None) or "unknown"
+        self._dimension = Dimension
+        self._histogram = MetricTypes.HISTOGRAM
+        self._model = [Dimension("ModelName", model), Dimension("Level", "Model")]
 
     def record(self, outcome: str, seconds: float) -> None:
         if self._metrics is None or self._failed:
             return
         try:
-            from ts.metrics.dimension import Dimension
-            from ts.metrics.metric_type_enum import MetricTypes
-
-            model = [Dimension("ModelName", self._model), Dimension("Level", "Model")]
-            self._metrics.add_counter(REQUESTS, 1, None, [*model, Dimension("Outcome", outcome)])
-            self._metrics.add_metric(LATENCY, seconds, "s", None, model, MetricTypes.HISTOGRAM)
+            outcome_dimension = self._dimension("Outcome", outcome)
+            self._metrics.add_counter(REQUESTS, 1, None, [*self._model, outcome_dimension])
+            model = list(self._model)  # TorchServe may append default dimensions in place
+            self._metrics.add_metric(LATENCY, seconds, "s", None, model, self._histogram)
         except Exception:
             self._failed = True
             logger.exception("request metrics disabled: TorchServe's metrics API failed")

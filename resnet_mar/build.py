@@ -178,7 +178,7 @@ def compile_and_check(
         parity = checked_parity(
             eager, compiled, photos, model_format=request.model_format, jit=request.jit
         )
-        return {"jit": jit_provenance(request), "parity": parity.as_dict()}
+        return {"jit": jit_provenance(request), "parity": dataclasses.asdict(parity)}
     calibration = calibration_set(loaded.preprocessing, request.calibration)
     checks: dict[str, Any] = {
         "calibration": {
@@ -204,7 +204,7 @@ def compile_and_check(
         min_top1_agreement=request.int8_min_agreement,
         max_top1_probability_error=request.int8_max_error,
     )
-    return {**checks, "quality": quality.as_dict()}
+    return {**checks, "quality": dataclasses.asdict(quality)}
 
 
 def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:

@@ -15,7 +15,7 @@ pass), channels-last where the handler uses it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -59,9 +59,6 @@ class ParityReport:
     max_abs_logit: float
     tolerance: float
     top5_identical: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def in_layout(batch: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -13,9 +13,8 @@ calibration (top-1 class, and the probability of that class), with thresholds th
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -45,9 +44,6 @@ class QualityReport:
     max_probability_error: float
     min_top1_agreement: float
     max_top1_probability_error_allowed: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def estimate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
