@@ -12,6 +12,8 @@
 
 v1 and v2 errors are ``{"error": "input 1: TruncatedImage: ..."}`` with a 4xx status (what
 tritonclient and KServe's clients read), naming the 0-based position of the image at fault.
+v1 and v2 answers are compact JSON; a v2 request may send its images and ask its outputs in
+Triton's binary tensor form (binary_tensors.py), as tritonclient and KServe's SDK do by default.
 
 TorchServe hands a v1/v2 body over parsed (``Content-Type: application/json``) or as bytes (no
 content type, as tritonclient sends it, or gRPC's ``data`` field), so both are recognised here.
@@ -27,6 +29,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from binary_tensors import (
+    CONTENT_TYPE,
+    HEADER,
+    RESPONSE_HEADER,
+    binary_answer,
+    binary_size,
+    bytes_elements,
+    serialized_bytes,
+    serialized_fp32,
+    split_body,
+)
 from input_errors import BadInput, bad_request
 from request_options import parse_topk, preview
 from request_payload import OPTION_HEADERS, extract_payload, image_bytes
@@ -44,12 +57,25 @@ class ParsedRequest:
     protocol: str
     images: list[bytes]
     topk: int
-    #: Open Inference only: the request's ``id`` (echoed) and the outputs it asked for.
+    #: Open Inference only: the request's ``id`` (echoed), the outputs it asked for, and
+    #: those of them to answer in binary (binary_tensors.py).
     request_id: str | None = None
     outputs: tuple[str, ...] = V2_OUTPUTS
+    binary_outputs: frozenset[str] = frozenset()
     #: An explanation, not a prediction: TorchServe's ``/explanations/<model>`` and v1
     #: ``:explain`` (and v2 ``/explain``) send the header ``explain: True`` (explanations.py).
     explain: bool = False
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's response: its body and how TorchServe must send it. A dict is written by
+    TorchServe (as indented JSON: the stock handler's /predictions shape), a str (compact JSON)
+    or bytes (a binary tensor answer) as they are."""
+
+    body: dict[str, Any] | str | bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,15 +86,18 @@ class ModelIdentity:
     version: str
 
 
-def protocol_of(request: Mapping[str, Any]) -> tuple[str, dict[str, Any] | None]:
-    """Which protocol a request speaks, and its JSON document for v1 and v2."""
+def protocol_of(request: Mapping[str, Any], headers: Mapping[str, str]) -> str:
+    """Which protocol a request speaks: a binary tensor header or a JSON document with
+    ``instances`` (v1) or ``inputs`` (v2); anything else is a /predictions body."""
+    if HEADER in headers:
+        return OPEN_INFERENCE
     for key in ("body", "data"):
         document = _json_document(request.get(key))
         if document is not None and "instances" in document:
-            return KSERVE_V1, document
+            return KSERVE_V1
         if document is not None and "inputs" in document:
-            return OPEN_INFERENCE, document
-    return PREDICTIONS, None
+            return OPEN_INFERENCE
+    return PREDICTIONS
 
 
 def read_request(
@@ -82,20 +111,21 @@ def read_request(
     """One TorchServe request (and its lower-cased headers) -> what it asks, read by its
     protocol: the images, top-k, and whether it is an explanation (TorchServe's ``explain``
     header); raises BadInput."""
-    protocol, document = protocol_of(request)
+    protocol = protocol_of(request, headers)
     header_topk = {name: headers[key] for key, name in OPTION_HEADERS.items() if key in headers}
     if protocol == PREDICTIONS:
+        _refuse_broken_json(request)
         payload = extract_payload(request, headers)
         topk = parse_topk(payload.options.get("topk", default_topk), num_classes)
         parsed = ParsedRequest(PREDICTIONS, [payload.image], topk)
     elif protocol == KSERVE_V1:
-        assert document is not None
+        document = _first_document(request)
         images = _v1_images(document.get("instances"))
         raw_topk = document.get("topk", header_topk.get("topk", default_topk))
         parsed = ParsedRequest(KSERVE_V1, images, parse_topk(raw_topk, num_classes))
     else:
-        assert document is not None
-        parsed = _v2_request(document, header_topk.get("topk", default_topk), num_classes)
+        document, binary = _v2_document(request, headers)
+        parsed = _v2_request(document, binary, header_topk.get("topk", default_topk), num_classes)
     if len(parsed.images) > max_images:
         raise BadInput(
             413,
@@ -111,26 +141,50 @@ def encode_answer(
     probabilities: list[torch.Tensor],
     labels: list[str],
     model: ModelIdentity,
-) -> dict[str, Any]:
+) -> Answer:
     """The answer to ``request`` from one probability row per image, in its protocol's shape."""
     if request.protocol == PREDICTIONS:
-        return label_scores(probabilities[0], request.topk, labels)
+        return Answer(label_scores(probabilities[0], request.topk, labels))
     if request.protocol == KSERVE_V1:
-        return {"predictions": [label_scores(row, request.topk, labels) for row in probabilities]}
+        rows = [label_scores(row, request.topk, labels) for row in probabilities]
+        return Answer(compact({"predictions": rows}))
     scores, indices = torch.stack(probabilities).topk(request.topk, dim=1)
+    names = [labels[i] for i in indices.flatten().tolist()]
+    values = scores.flatten().tolist()
     tensors = {
-        "labels": ("BYTES", [labels[i] for i in indices.flatten().tolist()]),
-        "probabilities": ("FP32", scores.flatten().tolist()),
+        "labels": ("BYTES", names, serialized_bytes),
+        "probabilities": ("FP32", values, serialized_fp32),
     }
     shape = [len(probabilities), request.topk]
-    answer: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
+    document: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
     if request.request_id is not None:
-        answer["id"] = request.request_id
-    answer["outputs"] = [
-        {"name": name, "datatype": tensors[name][0], "shape": shape, "data": tensors[name][1]}
-        for name in request.outputs
-    ]
-    return answer
+        document["id"] = request.request_id
+    outputs, tails = [], []
+    for name in request.outputs:
+        datatype, data, serialized = tensors[name]
+        output: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
+        if name in request.binary_outputs:
+            tails.append(serialized(data))
+            output["parameters"] = {"binary_data_size": len(tails[-1])}
+        else:
+            output["data"] = data
+        outputs.append(output)
+    document["outputs"] = outputs
+    if not tails:
+        return Answer(compact(document))
+    body, head_length = binary_answer(document, tails)
+    return Answer(body, CONTENT_TYPE, ((RESPONSE_HEADER, str(head_length)),))
+
+
+def compact(document: dict[str, Any]) -> str:
+    """JSON without spaces: what v1/v2 clients get (TorchServe would indent a dict)."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+
+
+def error_answer(protocol: str, error: BadInput) -> Answer:
+    """A refusal as sent: /predictions in TorchServe's error shape, v1/v2 compact."""
+    body = error_body(protocol, error)
+    return Answer(body if protocol == PREDICTIONS else compact(body))
 
 
 def error_body(protocol: str, error: BadInput) -> dict[str, Any]:
@@ -158,18 +212,57 @@ def _json_document(value: Any) -> dict[str, Any] | None:
     never starts with "{")."""
     if isinstance(value, dict):
         return value
-    if isinstance(value, (bytes, bytearray)):
-        text = bytes(value).lstrip()
-        if not text.startswith(b"{"):
-            return None
-        try:
-            found = json.loads(text)
-        except (ValueError, RecursionError):
-            return None
-        return found if isinstance(found, dict) else None
-    if isinstance(value, str) and value.lstrip().startswith("{"):
-        return _json_document(value.encode("utf-8", errors="replace"))
-    return None
+    if isinstance(value, str):
+        value = value.encode("utf-8", errors="replace")
+    if not isinstance(value, (bytes, bytearray)) or not bytes(value).lstrip().startswith(b"{"):
+        return None
+    try:
+        found = json.loads(bytes(value))
+    except (ValueError, RecursionError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _first_document(request: Mapping[str, Any]) -> dict[str, Any]:
+    documents = (_json_document(request.get(key)) for key in ("body", "data"))
+    return next(document for document in documents if document is not None)
+
+
+def _refuse_broken_json(request: Mapping[str, Any]) -> None:
+    """A body that starts like a JSON object but does not parse is broken JSON, not an image
+    (no image format starts with "{")."""
+    value = request.get("body", request.get("data"))
+    if isinstance(value, str):
+        value = value.encode("utf-8", errors="replace")
+    if not isinstance(value, (bytes, bytearray)) or not bytes(value).lstrip().startswith(b"{"):
+        return
+    try:
+        json.loads(bytes(value))
+    except (ValueError, RecursionError) as err:
+        raise bad_request("MalformedJSON", f"the body is not valid JSON: {str(err)[:80]}") from None
+
+
+def _v2_document(request: Mapping[str, Any], headers: Mapping[str, str]) -> tuple[dict, bytes]:
+    """A v2 request's JSON document and the binary tensor bytes after it (none without the
+    binary header)."""
+    if HEADER not in headers:
+        return _first_document(request), b""
+    body = request.get("body", request.get("data"))
+    if not isinstance(body, (bytes, bytearray)):
+        raise bad_request(
+            "MalformedBinaryData",
+            f"a request with the {RESPONSE_HEADER} header needs a binary body: send it "
+            "without Content-Type: application/json",
+        )
+    head, binary = split_body(bytes(body), headers[HEADER])
+    document = _json_document(head)
+    if document is None or "inputs" not in document:
+        raise bad_request(
+            "MalformedJSON",
+            f"the first {len(head)} bytes of the body ({RESPONSE_HEADER}) must be an inference "
+            'request\'s JSON object, with "inputs"',
+        )
+    return document, binary
 
 
 def _v1_images(instances: Any) -> list[bytes]:
@@ -194,7 +287,9 @@ def _v1_images(instances: Any) -> list[bytes]:
     return images
 
 
-def _v2_request(document: dict[str, Any], header_topk: Any, num_classes: int) -> ParsedRequest:
+def _v2_request(
+    document: dict[str, Any], binary: bytes, header_topk: Any, num_classes: int
+) -> ParsedRequest:
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], Mapping):
         raise bad_request(
@@ -209,15 +304,25 @@ def _v2_request(document: dict[str, Any], header_topk: Any, num_classes: int) ->
             f"the input's datatype must be BYTES (base64 images), not "
             f"{preview(str(tensor.get('datatype')))}",
         )
-    data, shape = tensor.get("data"), tensor.get("shape")
-    if isinstance(data, list) and all(isinstance(row, list) for row in data):
-        data = [item for row in data for item in row]  # nested rows, as OIP allows
-    if not isinstance(data, list) or not data or not all(isinstance(x, str) for x in data):
-        raise bad_request("MalformedJSON", "the input's data must be a list of base64 strings")
+    shape = tensor.get("shape")
+    size = binary_size(tensor)
+    if size is None:
+        data = tensor.get("data")
+        if isinstance(data, list) and all(isinstance(row, list) for row in data):
+            data = [item for row in data for item in row]  # nested rows, as OIP allows
+        if not isinstance(data, list) or not data or not all(isinstance(x, str) for x in data):
+            raise bad_request("MalformedJSON", "the input's data must be a list of base64 strings")
+    else:
+        if size != len(binary):
+            raise bad_request(
+                "MalformedBinaryData",
+                f"the input's binary_data_size is {size} but {len(binary)} bytes follow the JSON",
+            )
+        data = bytes_elements(binary)
     if not _shape_holds(shape, len(data)):
         raise bad_request(
             "MalformedJSON",
-            f"the input's shape {str(shape)[:40]} does not describe the {len(data)} strings "
+            f"the input's shape {str(shape)[:40]} does not describe the {len(data)} images "
             "in its data: use [n] (or [n, 1]) with n the number of images",
         )
     parameters = document.get("parameters") or {}
@@ -226,12 +331,16 @@ def _v2_request(document: dict[str, Any], header_topk: Any, num_classes: int) ->
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise bad_request("MalformedJSON", '"id" must be a string')
+    outputs, binary_outputs = _requested_outputs(
+        document.get("outputs"), parameters.get("binary_data_output") is True
+    )
     return ParsedRequest(
         protocol=OPEN_INFERENCE,
         images=[_decoded(item, position) for position, item in enumerate(data)],
         topk=parse_topk(parameters.get("topk", header_topk), num_classes),
         request_id=request_id,
-        outputs=_requested_outputs(document.get("outputs")),
+        outputs=outputs,
+        binary_outputs=binary_outputs,
     )
 
 
@@ -243,13 +352,16 @@ def _shape_holds(shape: Any, count: int) -> bool:
     return shape[0] == count and math.prod(shape) == count
 
 
-def _requested_outputs(outputs: Any) -> tuple[str, ...]:
-    """The outputs asked for (all when the request names none); only JSON data is served."""
+def _requested_outputs(
+    outputs: Any, binary_by_default: bool
+) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The outputs asked for (all when the request names none), and which of them to answer in
+    binary: those asked with ``binary_data``, else as the request's ``binary_data_output``."""
     if outputs is None:
-        return V2_OUTPUTS
+        return V2_OUTPUTS, frozenset(V2_OUTPUTS if binary_by_default else ())
     if not isinstance(outputs, list) or not all(isinstance(o, Mapping) for o in outputs):
         raise bad_request("MalformedJSON", '"outputs" must be a list of {"name": ...} objects')
-    names = []
+    names, binary = [], set()
     for output in outputs:
         name = output.get("name")
         if name not in V2_OUTPUTS:
@@ -257,17 +369,20 @@ def _requested_outputs(outputs: Any) -> tuple[str, ...]:
                 "MalformedJSON",
                 f"unknown output {preview(str(name))}; this model answers {list(V2_OUTPUTS)}",
             )
-        if (output.get("parameters") or {}).get("binary_data") is True:
-            raise bad_request(
-                "MalformedJSON",
-                "binary tensor data is not served: ask for the outputs with binary_data false",
-            )
+        parameters = output.get("parameters") or {}
+        if not isinstance(parameters, Mapping):
+            raise bad_request("MalformedJSON", "an output's parameters must be an object")
+        if parameters.get("binary_data", binary_by_default) is True:
+            binary.add(name)
         names.append(name)
-    return tuple(names) or V2_OUTPUTS
+    if not names:
+        return V2_OUTPUTS, frozenset(V2_OUTPUTS if binary_by_default else ())
+    return tuple(names), frozenset(binary)
 
 
-def _decoded(text: str, position: int) -> bytes:
+def _decoded(item: str | bytes, position: int) -> bytes:
+    """A base64 string of JSON data, or a binary element (raw image bytes, or base64 text)."""
     try:
-        return image_bytes(text)
+        return image_bytes(item)
     except BadInput as err:
         raise err.at(position) from None

@@ -47,10 +47,11 @@ from explanations import (
 )
 from image_decoding import decode_rgb
 from inference_protocols import (
+    Answer,
     ModelIdentity,
     ParsedRequest,
     encode_answer,
-    error_body,
+    error_answer,
     protocol_of,
     read_request,
 )
@@ -109,9 +110,20 @@ def load_labels(model_dir: str) -> list[str]:
 
 def http_headers(context: Any, idx: int) -> dict[str, str]:
     """A request's HTTP headers with lower-case names (TorchServe keeps the client's case and
-    mixes in per-field content types, which are dicts)."""
+    mixes in per-field content types, which are dicts), their values as the client sent them:
+    TorchServe's frontend reads header bytes as Latin-1 and passes them on as UTF-8, so a UTF-8
+    value ("③") would otherwise reach the handler as mojibake ("â\x91¢")."""
     found = context.get_all_request_header(idx) or {}
-    return {name.lower(): value for name, value in found.items() if isinstance(value, str)}
+    return {
+        name.lower(): _as_sent(value) for name, value in found.items() if isinstance(value, str)
+    }
+
+
+def _as_sent(value: str) -> str:
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 def came_over_grpc(headers: dict[str, str]) -> bool:
@@ -264,7 +276,7 @@ class ResNetClassifierHandler:
             elif isinstance(outcome, ParsedRequest):
                 outcome = guarded(encode_answer, outcome, rows[idx], self.labels, self.identity)
             protocol = request.protocol if isinstance(request, ParsedRequest) else None
-            answers.append(self._respond(idx, outcome, protocol, data[idx], context))
+            answers.append(self._respond(idx, outcome, protocol, data[idx], headers[idx], context))
             if came_over_grpc(headers[idx]):
                 # One answer ends the call. TorchServe's StreamPredictions otherwise reads a
                 # missing "ts_stream_next" header, fails, and kills the worker (and with it the
@@ -296,7 +308,7 @@ class ResNetClassifierHandler:
         parsed: list[ParsedRequest | BadInput],
         crops: list[list[torch.Tensor] | BadInput],
         rows: list[list[torch.Tensor]],
-    ) -> dict[int, str | BadInput]:
+    ) -> dict[int, Answer | BadInput]:
         """Each explanation request's answer (or refusal) by its index, one after the other:
         each costs ``ig_steps`` forward and backward passes, on all cores."""
         return {
@@ -305,7 +317,7 @@ class ResNetClassifierHandler:
             if isinstance(request, ParsedRequest) and request.explain and isinstance(own, list)
         }
 
-    def explain(self, crop: torch.Tensor, probabilities: torch.Tensor, protocol: str) -> str:
+    def explain(self, crop: torch.Tensor, probabilities: torch.Tensor, protocol: str) -> Answer:
         """Integrated gradients of the top-1 class of one decoded image, from the black picture
         (explanations.py), answered as compact JSON in ``protocol``'s shape. The model gets
         float batches with gradients, outside inference mode, channels-last as predictions."""
@@ -322,7 +334,7 @@ class ResNetClassifierHandler:
         answer = explanation_answer(
             attribution, self.labels[int(target)], float(probability), self.settings.ig_steps
         )
-        return encode_explanation(protocol, answer)
+        return Answer(encode_explanation(protocol, answer))
 
     def _decode_requests(
         self, parsed: list[ParsedRequest | BadInput]
@@ -351,24 +363,30 @@ class ResNetClassifierHandler:
     def _respond(
         self,
         idx: int,
-        outcome: dict[str, Any] | str | BadInput,
+        outcome: Answer | BadInput,
         protocol: str | None,
         request: dict[str, Any],
+        headers: dict[str, str],
         context: Any,
     ) -> tuple[Any, str]:
-        """The body for request ``idx`` and its outcome for the metrics; sets its status and
-        content type (JSON for errors too: KServe's model server reads an error's message only
-        from a JSON body)."""
-        context.set_response_content_type(idx, "application/json")
-        if not isinstance(outcome, BadInput):
-            return outcome, ANSWERED
-        context.set_response_status(outcome.status, outcome.kind, idx)
-        logger.info(
-            "request %d refused: %d %s %s (fields %s)",
-            idx,
-            outcome.status,
-            outcome.kind,
-            outcome.message,
-            field_names(list(request)),
-        )
-        return error_body(protocol or protocol_of(request)[0], outcome), outcome.kind
+        """The body for request ``idx`` and its outcome for the metrics; sets its status, content
+        type and headers (errors are JSON too: KServe's model server reads an error's message
+        only from a JSON body)."""
+        if isinstance(outcome, BadInput):
+            context.set_response_status(outcome.status, outcome.kind, idx)
+            logger.info(
+                "request %d refused: %d %s %s (fields %s)",
+                idx,
+                outcome.status,
+                outcome.kind,
+                outcome.message,
+                field_names(list(request)),
+            )
+            kind = outcome.kind
+            outcome = error_answer(protocol or protocol_of(request, headers), outcome)
+        else:
+            kind = ANSWERED
+        context.set_response_content_type(idx, outcome.content_type)
+        for name, value in outcome.headers:
+            context.set_response_header(idx, name, value)
+        return outcome.body, kind

@@ -20,6 +20,7 @@ from resnet_mar.labels import LabelMapError, torchvision_imagenet_categories, wr
 from resnet_mar.parity import ParityError
 from resnet_mar.photos import PhotosMissingError
 from resnet_mar.quantization import MAX_TOP1_PROBABILITY_ERROR, MIN_TOP1_AGREEMENT
+from resnet_mar.server_doors import ISOLATION_MODES, PLUGINS
 from resnet_mar.torchserve import ServerError
 from resnet_mar.weights import WeightsError
 
@@ -99,7 +100,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not names:
         raise ServerError(f"no archive in {args.model_store}: run make archive")
     folder = ServerFolder(args.folder.resolve())
-    server = start_server(args.model_store, ["all"], folder, args.config.read_text())
+    server = start_server(
+        args.model_store,
+        ["all"],
+        folder,
+        args.config.read_text(),
+        isolation=args.isolation,
+        plugins=args.plugins,
+    )
+    if server.exposure:
+        print(server.exposure, file=sys.stderr, flush=True)
     print(f"serve: TorchServe started from {folder.root} (logs in {folder.logs}); loading {names}")
     try:
         statuses = wait_until_ready(
@@ -220,6 +230,19 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-store", type=Path, default=Path("model_store"))
     serve.add_argument("--folder", type=Path, default=Path("run"), help="the server's own folder")
     serve.add_argument("--timeout", type=float, default=300, help="seconds to wait for READY")
+    serve.add_argument(
+        "--plugins",
+        type=Path,
+        default=PLUGINS,
+        help="folder of TorchServe frontend plugins (make plugins: the Open Inference Protocol)",
+    )
+    serve.add_argument(
+        "--isolation",
+        default="auto",
+        choices=ISOLATION_MODES,
+        help="auto: a network namespace of its own where the kernel allows one, else serve "
+        "without and say what stays reachable; namespace: refuse to start without one; none",
+    )
     serve.set_defaults(func=cmd_serve)
 
     stop = sub.add_parser("stop", help="drain and stop the server make serve started")

@@ -28,11 +28,14 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: TorchServe frontend plugins (``make plugins``): the Open Inference Protocol's REST paths.
+PLUGINS = REPO_ROOT / "build" / "plugins"
 #: Forwarded from the host's loopback to the server's unix sockets.
 PUBLIC_DOORS = ("inference", "metrics")
 
@@ -105,6 +108,15 @@ def host_and_port(address: str) -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
+def with_plugins(config_text: str, plugins: Path) -> str:
+    """The config with ``plugins_path`` naming the plugin jars' folder; refuses a folder
+    without one (``make plugins`` builds it)."""
+    if not list(plugins.glob("*.jar")):
+        raise DoorError(f"no TorchServe plugin jar in {plugins}: run make plugins")
+    kept = re.sub(r"(?m)^\s*plugins_path\s*=.*$", "", config_text)
+    return kept.rstrip("\n") + f"\nplugins_path={plugins.resolve()}\n"
+
+
 def isolated_config(config_text: str, folder: ServerFolder) -> str:
     """config.properties as TorchServe sees it inside its namespace: every HTTP door on a unix
     socket in the server folder."""
@@ -117,21 +129,117 @@ def isolated_config(config_text: str, folder: ServerFolder) -> str:
     return "\n".join([*kept, "# Doors (resnet_mar/server_doors.py):", *doors]) + "\n"
 
 
-def isolation_prefix() -> list[str]:
-    """The command that runs TorchServe in a network namespace of its own, loopback up (gRPC
-    binds 127.0.0.1 there). As root a plain network namespace; otherwise a user namespace too,
-    where the kernel allows it."""
+_LOOPBACK_UP = 'ip link set lo up && exec "$0" "$@"'
+#: ``ISOLATION``: a network namespace where the kernel allows one (auto), always (namespace,
+#: refusing to start without one), or never (none).
+ISOLATION_MODES = ("auto", "namespace", "none")
+
+
+def namespace_flags() -> list[str]:
+    """``unshare`` flags for a network namespace: as root a plain one; otherwise inside a user
+    namespace, where the kernel allows that."""
+    return ["--net"] if os.geteuid() == 0 else ["--user", "--map-root-user", "--net"]
+
+
+def namespace_refusal(proc: Path = Path("/proc")) -> str | None:
+    """Why this process cannot create a network namespace, or None when it can."""
+    if not sys.platform.startswith("linux"):
+        return f"{sys.platform} has no network namespaces (they are a Linux feature)"
     for tool in ("unshare", "ip"):
         if not shutil.which(tool):
-            raise DoorError(f"{tool} is missing: apt-get install util-linux iproute2")
-    flags = ["--net"] if os.geteuid() == 0 else ["--user", "--map-root-user", "--net"]
-    probe = subprocess.run(["unshare", *flags, "true"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        raise DoorError(
-            f"cannot create a network namespace ({probe.stderr.strip()}): run as root or "
-            "enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
+            return f"{tool} is missing (apt-get install util-linux iproute2)"
+    probe = subprocess.run(["unshare", *namespace_flags(), "true"], capture_output=True, text=True)
+    if probe.returncode == 0:
+        return None
+    return f"{namespace_cause(proc, os.geteuid())} (unshare: {probe.stderr.strip()[-120:]})"
+
+
+def namespace_cause(proc: Path, euid: int) -> str:
+    """The likeliest reason ``unshare`` was refused, and what would allow it, from the kernel's
+    own settings and this process's restrictions."""
+
+    def read(name: str) -> str:
+        try:
+            return (proc / name).read_text().strip()
+        except OSError:
+            return ""
+
+    status = dict(
+        line.split(":\t", 1) for line in read("self/status").splitlines() if ":\t" in line
+    )
+    if status.get("Seccomp", "0").strip() == "2":
+        return (
+            "a seccomp filter forbids it (a container's default profile: Docker and Kubernetes' "
+            "RuntimeDefault allow unshare only with CAP_SYS_ADMIN); the container itself "
+            "isolates the network: publish only the inference and metrics ports"
         )
-    return ["unshare", *flags, "sh", "-c", 'ip link set lo up && exec "$0" "$@"']
+    if euid != 0 and read("sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+        return (
+            "AppArmor restricts unprivileged user namespaces "
+            "(kernel.apparmor_restrict_unprivileged_userns=1, Ubuntu 23.10 and later): run "
+            "make serve as root, or allow user namespaces for unshare with an AppArmor profile"
+        )
+    if euid != 0 and read("sys/user/max_user_namespaces") == "0":
+        return "user namespaces are off (sysctl user.max_user_namespaces=0): run make serve as root"
+    if euid != 0 and read("sys/kernel/unprivileged_userns_clone") == "0":
+        return (
+            "unprivileged user namespaces are off (sysctl kernel.unprivileged_userns_clone=0): "
+            "run make serve as root"
+        )
+    effective = int(status.get("CapEff", "0").strip() or "0", 16)
+    if euid == 0 and not effective & (1 << 21):  # CAP_SYS_ADMIN
+        return "this root lacks CAP_SYS_ADMIN (an unprivileged container)"
+    return "the kernel refused it"
+
+
+def isolation_prefix(mode: str) -> tuple[list[str], str | None]:
+    """The command prefix that runs TorchServe in a network namespace of its own, loopback up
+    (gRPC binds 127.0.0.1 there), and why there is none: ``mode`` auto serves without one when
+    the kernel refuses it, namespace refuses to start, none never tries."""
+    if mode not in ISOLATION_MODES:
+        raise DoorError(f"ISOLATION must be one of {', '.join(ISOLATION_MODES)}, not {mode!r}")
+    if mode == "none":
+        return [], "ISOLATION=none"
+    refusal = namespace_refusal()
+    if refusal is None:
+        return [
+            "unshare",
+            *namespace_flags(),
+            "sh",
+            "-c",
+            'ip link set lo up && exec "$0" "$@"',
+        ], None
+    if mode == "namespace":
+        raise DoorError(
+            f"cannot create a network namespace: {refusal}. ISOLATION=auto serves without one"
+        )
+    return [], refusal
+
+
+def grpc_doors(config_text: str) -> dict[str, str]:
+    """The gRPC doors TorchServe opens on TCP whatever its settings (no unix socket for gRPC):
+    inference and management, at their configured address and port or TorchServe's defaults."""
+    settings = dict(re.findall(r"^\s*(grpc_\w+)\s*=\s*(\S+)", config_text, re.MULTILINE))
+    return {
+        door: f"{settings.get(f'grpc_{door}_address', '127.0.0.1')}:"
+        f"{settings.get(f'grpc_{door}_port', default)}"
+        for door, default in (("inference", "7070"), ("management", "7071"))
+    }
+
+
+def without_namespace(config_text: str, why: str) -> str:
+    """The one line ``make serve`` prints when it serves without a namespace: why, which doors
+    then stay reachable to other local users, and how to close them."""
+    grpc = grpc_doors(config_text)
+    return (
+        f"warning: serving without a network namespace ({why}). Other local users can reach "
+        f"TorchServe's gRPC doors: inference on {grpc['inference']} and management on "
+        f"{grpc['management']}, which scales workers without any credential; the HTTP doors "
+        "are as usual (inference and metrics forwarded on loopback, management an owner-only "
+        "socket). On a shared machine serve as root or where user namespaces are allowed "
+        "(ISOLATION=namespace refuses to start without one); in a container, publish only "
+        "the inference and metrics ports."
+    )
 
 
 def forwarder_command(address: str, target: Path) -> list[str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_mar.server_doors import (
+    PLUGINS,
     REPO_ROOT,
     DoorError,
     ServerFolder,
@@ -37,6 +38,8 @@ from resnet_mar.server_doors import (
     isolated_config,
     isolation_prefix,
     public_addresses,
+    with_plugins,
+    without_namespace,
 )
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
@@ -80,6 +83,9 @@ class ServerState:
 class RunningServer:
     state: ServerState
     process: subprocess.Popen
+    #: Why TorchServe runs without a network namespace of its own ("" when it has one), and
+    #: what that leaves reachable: the line make serve prints.
+    exposure: str = ""
 
     @property
     def endpoints(self) -> Endpoints:
@@ -232,18 +238,27 @@ def start_server(
     *,
     worker_environment: Mapping[str, str] = WORKER_ENVIRONMENT,
     isolated: bool = True,
+    isolation: str = "auto",
+    plugins: Path | None = PLUGINS,
 ) -> RunningServer:
     """Start TorchServe serving ``models`` (``name=file.mar`` words, or ``all``) from its own
-    folder; returns at once (see ``wait_until_ready``)."""
+    folder; returns at once (see ``wait_until_ready``).
+
+    ``isolated``: the doors of server_doors.py (HTTP on unix sockets, forwarded), or TorchServe's
+    own TCP addresses (the benchmark's stock set-up). ``isolation``: whether it also gets a
+    network namespace (server_doors.ISOLATION_MODES). ``plugins``: the folder of frontend
+    plugins to load (the Open Inference Protocol's REST paths), or None for none."""
     folder.create()
     if folder.state.exists():
         raise ServerError(f"a server already runs from {folder.root}: stop it first (make stop)")
     try:
         public = public_addresses(config_text) if isolated else {}
-        prefix = isolation_prefix() if isolated else []
+        prefix, no_namespace = isolation_prefix(isolation) if isolated else ([], None)
         commands = {door: forwarder_command(public[door], folder.socket(door)) for door in public}
     except DoorError as err:
         raise ServerError(str(err)) from None
+    if plugins is not None:
+        config_text = with_plugins(config_text, plugins)
     folder.config.write_text(isolated_config(config_text, folder) if isolated else config_text)
     env = server_environment(os.environ, worker_environment, folder)
     command = [
@@ -275,7 +290,8 @@ def start_server(
     )
     state = ServerState(str(folder.root), endpoints, process.pid, [f.pid for f in forwarders])
     state.save()
-    return RunningServer(state, process)
+    exposure = without_namespace(config_text, no_namespace) if no_namespace else ""
+    return RunningServer(state, process, exposure)
 
 
 def _start_forwarder(door: str, command: list[str], folder: ServerFolder) -> subprocess.Popen:
@@ -415,6 +431,8 @@ def private_server(
     config_text: str | None = None,
     worker_environment: Mapping[str, str] = WORKER_ENVIRONMENT,
     isolated: bool = True,
+    isolation: str = "namespace",
+    plugins: Path | None = PLUGINS,
     timeout_s: float = 300,
 ) -> Iterator[RunningServer]:
     """A TorchServe of its own (folder, namespace, free ports) serving ``models`` (archive
@@ -430,6 +448,8 @@ def private_server(
         config_text,
         worker_environment=worker_environment,
         isolated=isolated,
+        isolation=isolation,
+        plugins=plugins,
     )
     try:
         wait_until_ready(

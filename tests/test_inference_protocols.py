@@ -7,10 +7,12 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
 import torch
+from binary_tensors import HEADER
 from inference_protocols import (
     KSERVE_V1,
     OPEN_INFERENCE,
@@ -56,7 +58,11 @@ def v2_body(images: list[bytes], **extra) -> dict:
     ],
 )
 def test_protocol_is_recognised_from_the_body(request_, protocol) -> None:
-    assert protocol_of(request_)[0] == protocol
+    assert protocol_of(request_, {}) == protocol
+
+
+def test_a_binary_tensor_request_is_open_inference_whatever_its_body() -> None:
+    assert protocol_of({"body": b'{"inputs": []}\x00\x01'}, {HEADER: "14"}) == OPEN_INFERENCE
 
 
 def test_v1_instances_in_every_form(photo_bytes) -> None:
@@ -93,13 +99,6 @@ def test_v2_images_options_id_and_outputs(photo_bytes) -> None:
         ({"inputs": [{}, {}]}, "exactly one input"),
         ({"inputs": [{"datatype": "BYTES", "shape": [1], "data": ["aGk="]}], "id": 5}, '"id"'),
         ({**v2_body([b"x"]), "outputs": [{"name": "logits"}]}, "unknown output"),
-        (
-            {
-                **v2_body([b"x"]),
-                "outputs": [{"name": "labels", "parameters": {"binary_data": True}}],
-            },
-            "binary_data false",
-        ),
         ({**v2_body([b"x"]), "parameters": {"topk": "①"}}, "ASCII digits"),
     ],
 )
@@ -127,14 +126,15 @@ def test_answers_in_each_protocols_shape() -> None:
     rows = [torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([0.6, 0.25, 0.1, 0.05])]
     model = ModelIdentity("m", "2.0")
     one = read({"body": b"\xff\xd8\xff\xe0"}, classes=4)
-    assert list(encode_answer(one, rows[:1], labels, model)) == ["crane", "dog", "cat"]
+    assert list(encode_answer(one, rows[:1], labels, model).body) == ["crane", "dog", "cat"]
     v1 = read({"body": {"instances": ["aGk=", "aGk="], "topk": 2}}, classes=4)
-    answer = encode_answer(v1, rows, labels, model)
-    assert answer == {
+    sent = encode_answer(v1, rows, labels, model)
+    assert " " not in sent.body and sent.content_type == "application/json"  # compact
+    assert json.loads(sent.body) == {
         "predictions": [{"crane": pytest.approx(0.4)}, pytest.approx({"cat": 0.6, "dog": 0.25})]
     }
     v2 = read({"body": v2_body([b"a", b"b"], id="x", parameters={"topk": 2})}, classes=4)
-    answer = encode_answer(v2, rows, labels, model)
+    answer = json.loads(encode_answer(v2, rows, labels, model).body)
     assert answer["model_name"] == "m" and answer["model_version"] == "2.0" and answer["id"] == "x"
     assert [o["name"] for o in answer["outputs"]] == ["labels", "probabilities"]
     labels_out, probs_out = answer["outputs"]
@@ -142,7 +142,6 @@ def test_answers_in_each_protocols_shape() -> None:
     assert labels_out["data"] == ["crane", "crane", "cat", "dog"]  # rows, best first
     assert (probs_out["datatype"], probs_out["shape"]) == ("FP32", [2, 2])
     assert probs_out["data"] == pytest.approx([0.4, 0.3, 0.6, 0.25])
-    assert json.dumps(answer)
 
 
 def test_errors_in_each_protocols_shape() -> None:
@@ -177,7 +176,7 @@ def test_a_batch_mixing_protocols_is_answered_request_by_request(
     finally:
         handler.model = original
     assert forward_batches == [3]  # the 2 + 1 good images, together
-    v2 = answers[0]
+    v2 = json.loads(answers[0])
     assert v2["id"] == "a" and v2["outputs"][0]["shape"] == [2, 3]
     for row, photo in enumerate((jpeg, png)):
         expected = reference_answer(model, labels, photo, topk=3)
@@ -185,7 +184,7 @@ def test_a_batch_mixing_protocols_is_answered_request_by_request(
         assert v2["outputs"][0]["data"][3 * row : 3 * row + 3] == list(expected)
         assert served == pytest.approx(list(expected.values()), abs=1e-4)
     assert context.statuses == {1: (400, "TruncatedImage")}
-    assert answers[1]["error"].startswith("input 1: TruncatedImage: ")
+    assert json.loads(answers[1])["error"].startswith("input 1: TruncatedImage: ")
     assert_same_answer(answers[2], reference_answer(model, labels, png))
     outcomes = [dims["Outcome"] for _, _, dims in context.metrics.counters[-3:]]
     assert outcomes == ["answered", "TruncatedImage", "answered"]
@@ -231,7 +230,109 @@ def test_torchserves_envelopes_are_bypassed_and_batching_holds(
     service.context.request_ids, service.context.request_processor = ids, headers
     answers = service._entry_point(inputs, service.context)
     assert len(answers) == 4
-    assert [("predictions" in a, "outputs" in a) for a in answers] == [
+    assert [("predictions" in a, "outputs" in json.loads(a)) for a in answers] == [
         (False, True),
         (True, False),
     ] * 2
+
+
+def binary_request(images: list[bytes], **extra) -> tuple[dict, dict]:
+    """A v2 request as tritonclient sends it with binary_data left at its default: the JSON,
+    then each image length-prefixed, and the header saying where the JSON ends."""
+    tail = b"".join(struct.pack("<I", len(i)) + i for i in images)
+    tensor = {"name": "image", "datatype": "BYTES", "shape": [len(images)]}
+    head = json.dumps(
+        {"inputs": [{**tensor, "parameters": {"binary_data_size": len(tail)}}], **extra}
+    ).encode()
+    return {"body": head + tail}, {HEADER: str(len(head))}
+
+
+def binary_outputs(answer) -> dict:
+    """An answer split as tritonclient's InferResult splits it: JSON head, binary outputs."""
+    ((name, length),) = answer.headers
+    assert name == "Inference-Header-Content-Length"
+    head, tail = json.loads(answer.body[: int(length)]), answer.body[int(length) :]
+    found, offset = {}, 0
+    for output in head["outputs"]:
+        size = output.get("parameters", {}).get("binary_data_size")
+        if size is None:
+            found[output["name"]] = output["data"]
+            continue
+        raw, offset = tail[offset : offset + size], offset + size
+        if output["datatype"] == "FP32":
+            found[output["name"]] = list(struct.unpack(f"<{size // 4}f", raw))
+        else:
+            items, at = [], 0
+            while at < len(raw):
+                (n,) = struct.unpack_from("<I", raw, at)
+                items.append(raw[at + 4 : at + 4 + n].decode())
+                at += 4 + n
+            found[output["name"]] = items
+    assert offset == len(tail)
+    return found
+
+
+def test_binary_tensor_inputs_are_read_raw_or_base64(photo_bytes) -> None:
+    jpeg, png = photo_bytes["rocket"], photo_bytes["chelsea"]
+    request, headers = binary_request([jpeg, b64(png).encode()], id="b", parameters={"topk": 2})
+    parsed = read(request, headers)
+    assert (parsed.protocol, parsed.images, parsed.topk) == (OPEN_INFERENCE, [jpeg, png], 2)
+    assert parsed.request_id == "b" and parsed.binary_outputs == frozenset()
+
+
+def test_outputs_are_answered_binary_when_asked() -> None:
+    labels = ["cat", "dog", "crane", "crane"]
+    rows = [torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([0.6, 0.25, 0.1, 0.05])]
+    model = ModelIdentity("m", "2.0")
+    # tritonclient without outputs: the whole answer binary
+    request, headers = binary_request(
+        [b"a", b"b"], parameters={"binary_data_output": True, "topk": 2}
+    )
+    answer = encode_answer(read(request, headers, classes=4), rows, labels, model)
+    assert answer.content_type == "application/octet-stream"
+    found = binary_outputs(answer)
+    assert found["labels"] == ["crane", "crane", "cat", "dog"]
+    assert found["probabilities"] == pytest.approx([0.4, 0.3, 0.6, 0.25])
+    # per output: labels in JSON, probabilities binary
+    asked = [{"name": "labels", "parameters": {"binary_data": False}}, {"name": "probabilities"}]
+    body = v2_body([b"a"], outputs=asked, parameters={"binary_data_output": True, "topk": 1})
+    answer = encode_answer(read({"body": body}, classes=4), rows[:1], labels, model)
+    assert binary_outputs(answer) == {"labels": ["crane"], "probabilities": [pytest.approx(0.4)]}
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda r, h: ({"body": r["body"]}, {HEADER: "99999"}), "must be the length of the JSON"),
+        (lambda r, h: ({"body": r["body"]}, {HEADER: "①"}), "must be the length of the JSON"),
+        (lambda r, h: ({"body": r["body"][:-3]}, h), "binary_data_size is"),
+        (lambda r, h: ({"body": r["body"] + b"\x00"}, h), "binary_data_size is"),
+        (lambda r, h: ({"body": {"inputs": []}}, h), "needs a binary body"),
+    ],
+)
+def test_broken_binary_requests_are_400_saying_what_is_wrong(change, says) -> None:
+    request, headers = change(*binary_request([b"\xff\xd8\xff image"]))
+    with pytest.raises(BadInput) as err:
+        read(request, headers)
+    assert err.value.status == 400 and says in err.value.message
+
+
+def test_binary_elements_that_do_not_add_up_are_refused() -> None:
+    tail = struct.pack("<I", 50) + b"short"
+    head = json.dumps(
+        {
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [1],
+                 "parameters": {"binary_data_size": len(tail)}}
+            ]
+        }
+    ).encode()  # fmt: skip
+    with pytest.raises(BadInput) as err:
+        read({"body": head + tail}, {HEADER: str(len(head))})
+    assert err.value.kind == "MalformedBinaryData"
+
+
+def test_broken_json_is_malformed_json_not_an_image() -> None:
+    with pytest.raises(BadInput) as err:
+        read({"body": b'{"inputs": [{"name": "image",'})
+    assert (err.value.status, err.value.kind) == (400, "MalformedJSON")
