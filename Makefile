@@ -33,7 +33,7 @@ STAMP := $(VENV)/.installed
 NAMES := $(or $(NAME),$(MODELS))
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup host-tools labels script archive plugins serve stop kserve test lint bench clean FORCE
+.PHONY: help setup host-tools labels script archive serve stop kserve test lint bench clean FORCE
 
 help: ## list targets and variables
 	@echo "Targets:"
@@ -81,15 +81,14 @@ if [ -z "$$missing" ]; then exit 0; fi; \
 		echo "$(1): $(2); missing:$$missing. Install them as root (apt-get install$$missing)." >&2; exit 1; \
 	fi
 endef
-HOST_TOOLS_NEED = TorchServe here needs Java >= 17 (found: $${major:-none}) with javac and jar (its frontend plugin) and socat and unshare and ip and curl
+HOST_TOOLS_NEED = TorchServe here needs Java >= 17 (found: $${major:-none}) and socat and unshare and ip and curl
 CPP_NEEDS = build/classify needs a C++20 compiler (g++ >= 10) and libjpeg and libpng and nlohmann-json
 
 # What TorchServe and its doors need from the system; installed with apt-get when missing and root.
 host-tools:
 	@missing=""; \
 	major=$$(java -version 2>&1 | awk -F'"' '/version/ {split($$2, v, "."); print v[1]}'); \
-	{ [ -n "$$major" ] && [ "$$major" -ge 17 ] && command -v javac >/dev/null && command -v jar >/dev/null; } \
-		|| missing="openjdk-17-jdk-headless"; \
+	{ [ -n "$$major" ] && [ "$$major" -ge 17 ]; } || missing="openjdk-17-jre-headless"; \
 	command -v socat >/dev/null || missing="$$missing socat"; \
 	command -v unshare >/dev/null || missing="$$missing util-linux"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
@@ -131,20 +130,7 @@ script: $(BUILT) ## compile MODELS (FORMAT, JIT) into build/, checked against ea
 archive: $(ARCHIVES) ## pack model_store/<name>.mar per model (archive.sh); rebuilds only what changed
 
 # --- Serving.
-# The TorchServe frontend plugin (frontend/src): the Open Inference Protocol's REST paths,
-# compiled against the venv's TorchServe jar. Its path is resnet_mar.server_doors.PLUGINS.
-PLUGIN := build/plugins/resnet-mar-oip.jar
-PLUGIN_SOURCES := $(wildcard frontend/src/resnetmar/*.java)
-plugins: $(PLUGIN) ## compile the TorchServe frontend plugin (Open Inference health, metadata) into build/plugins
-$(PLUGIN): $(PLUGIN_SOURCES) | $(STAMP) host-tools
-	@rm -rf $(@D)/classes && mkdir -p $(@D)/classes/META-INF/services
-	javac --release 17 -nowarn -cp "$$(ls $(VENV)/lib/python3*/site-packages/ts/frontend/model-server.jar)" \
-		-d $(@D)/classes $(PLUGIN_SOURCES)
-	@echo resnetmar.OpenInferenceEndpoint > $(@D)/classes/META-INF/services/org.pytorch.serve.servingsdk.ModelServerEndpoint
-	jar cf $@ -C $(@D)/classes .
-	@echo "plugins: $@"
-
-serve: $(ARCHIVES) $(PLUGIN) host-tools ## start TorchServe with every archive (own network namespace: ISOLATION); wait until READY
+serve: $(ARCHIVES) host-tools ## start TorchServe with every archive (own network namespace: ISOLATION); wait until READY
 	$(BIN)/python -m resnet_mar serve --config $(CONFIG) --model-store $(MODEL_STORE) --folder $(RUN) \
 		--isolation $(ISOLATION)
 
@@ -167,7 +153,7 @@ $(CLIENTS)/%/.installed: tests/clients/%-requirements.txt
 	$(CLIENTS)/$*/bin/pip install --quiet -r $<
 	@touch $@
 
-test: setup $(PLUGIN) $(CLIENT_VENVS) ## ruff (lint and format), unit tests, integration tests against a real TorchServe
+test: setup $(CLIENT_VENVS) ## ruff (lint and format), unit tests, integration tests against a real TorchServe
 	$(BIN)/ruff check resnet_mar handlers tests
 	$(BIN)/ruff format --check resnet_mar handlers tests
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -176,7 +162,7 @@ lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check resnet_mar handlers tests
 	$(BIN)/ruff format --check resnet_mar handlers tests
 
-bench: setup $(PLUGIN) ## served vs in-process limit vs stock TorchServe -> results/bench/report.md (~17 min)
+bench: setup ## served vs in-process limit vs stock TorchServe -> results/bench/report.md (~17 min)
 	$(BIN)/python -m resnet_mar.bench --out results/bench --work $(BUILD)/bench
 
 clean: ## remove build outputs, archives, kserve/ and results (keeps .venv and a running server's folder)

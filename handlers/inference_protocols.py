@@ -225,7 +225,10 @@ def _json_document(value: Any) -> dict[str, Any] | None:
 
 def _first_document(request: Mapping[str, Any]) -> dict[str, Any]:
     documents = (_json_document(request.get(key)) for key in ("body", "data"))
-    return next(document for document in documents if document is not None)
+    found = next((document for document in documents if document is not None), None)
+    if found is None:
+        raise bad_request("MalformedJSON", "the body is not a JSON object")
+    return found
 
 
 def _refuse_broken_json(request: Mapping[str, Any]) -> None:
@@ -245,15 +248,10 @@ def _refuse_broken_json(request: Mapping[str, Any]) -> None:
 def _v2_document(request: Mapping[str, Any], headers: Mapping[str, str]) -> tuple[dict, bytes]:
     """A v2 request's JSON document and the binary tensor bytes after it (none without the
     binary header)."""
-    if HEADER not in headers:
-        return _first_document(request), b""
     body = request.get("body", request.get("data"))
-    if not isinstance(body, (bytes, bytearray)):
-        raise bad_request(
-            "MalformedBinaryData",
-            f"a request with the {RESPONSE_HEADER} header needs a binary body: send it "
-            "without Content-Type: application/json",
-        )
+    if HEADER not in headers or not isinstance(body, (bytes, bytearray)):
+        # (TorchServe parsed a JSON-only body sent as application/json: nothing follows it)
+        return _first_document(request), b""
     head, binary = split_body(bytes(body), headers[HEADER])
     document = _json_document(head)
     if document is None or "inputs" not in document:

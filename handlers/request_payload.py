@@ -49,6 +49,12 @@ def extract_payload(request: dict[str, Any], headers: dict[str, str]) -> Payload
         value = request[named[0]]
     elif len(candidates) == 1:
         value = request[candidates[0]]
+    elif not candidates and headers.get("content-type", "").startswith("multipart/"):
+        raise bad_request(
+            "MalformedMultipart",
+            "the multipart body has no field that could be read: check its boundary and "
+            "framing (curl -F data=@photo.jpg builds one)",
+        )
     elif not candidates:
         raise bad_request("EmptyBody", "the request has no body: send an image")
     else:

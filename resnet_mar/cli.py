@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from serving_schema import SchemaError
+from serving_schema import MODEL_FORMATS, SchemaError
 
 from resnet_mar.architectures import (
     SUPPORTED_ARCHITECTURES,
@@ -15,12 +15,13 @@ from resnet_mar.architectures import (
     check_architecture,
 )
 from resnet_mar.build import BuildError, BuildRequest, BuildResult, build_model
+from resnet_mar.client import PROTOCOLS, ClientError
 from resnet_mar.kserve_storage import KServeError
 from resnet_mar.labels import LabelMapError, torchvision_imagenet_categories, write_label_map
 from resnet_mar.parity import ParityError
 from resnet_mar.photos import PhotosMissingError
 from resnet_mar.quantization import MAX_TOP1_PROBABILITY_ERROR, MIN_TOP1_AGREEMENT
-from resnet_mar.server_doors import ISOLATION_MODES, PLUGINS
+from resnet_mar.server_doors import ISOLATION_MODES
 from resnet_mar.torchserve import ServerError
 from resnet_mar.weights import WeightsError
 
@@ -34,6 +35,7 @@ USER_ERRORS = (
     SchemaError,
     KServeError,
     PhotosMissingError,
+    ClientError,
 )
 
 
@@ -106,7 +108,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
         folder,
         args.config.read_text(),
         isolation=args.isolation,
-        plugins=args.plugins,
     )
     if server.exposure:
         print(server.exposure, file=sys.stderr, flush=True)
@@ -165,9 +166,23 @@ def cmd_kserve(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from resnet_mar.client import predict
 
+    url = args.url or inference_address(args.config)
     for image in args.images:
-        answer = predict(args.url, args.model, image, topk=args.topk)
-        print(f"{image}: {json.dumps(answer)}")
+        answer = predict(url, args.model, image, topk=args.topk, protocol=args.protocol)
+        print(f"{image}: {json.dumps(answer, ensure_ascii=False)}")
+
+
+def inference_address(config: Path) -> str:
+    """The inference address of the config make serve started the server with."""
+    from resnet_mar.server_doors import config_addresses
+
+    try:
+        found = config_addresses(config.read_text()).get("inference")
+    except OSError as err:
+        raise ClientError(f"cannot read {config}: {err.strerror}; pass --url") from None
+    if found is None:
+        raise ClientError(f"{config} has no inference_address; pass --url")
+    return found
 
 
 def parser() -> argparse.ArgumentParser:
@@ -188,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--labels", type=Path, help="label map JSON for a checkpoint")
     build.add_argument("--name", help="served name for a single model (default: its arch)")
-    build.add_argument("--format", default="torchscript")
+    build.add_argument("--format", default="torchscript", choices=MODEL_FORMATS)
     build.add_argument(
         "--jit",
         default="script",
@@ -231,12 +246,6 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--folder", type=Path, default=Path("run"), help="the server's own folder")
     serve.add_argument("--timeout", type=float, default=300, help="seconds to wait for READY")
     serve.add_argument(
-        "--plugins",
-        type=Path,
-        default=PLUGINS,
-        help="folder of TorchServe frontend plugins (make plugins: the Open Inference Protocol)",
-    )
-    serve.add_argument(
         "--isolation",
         default="auto",
         choices=ISOLATION_MODES,
@@ -262,9 +271,23 @@ def parser() -> argparse.ArgumentParser:
     kserve.set_defaults(func=cmd_kserve)
 
     predict = sub.add_parser("predict", help="send images to a served model")
-    predict.add_argument("--url", default="http://127.0.0.1:8080")
+    predict.add_argument(
+        "--url", help="the server's inference address (default: the one in --config)"
+    )
+    predict.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config.properties"),
+        help="the TorchServe settings make serve used (CONFIG), for its inference address",
+    )
     predict.add_argument("--model", default="resnet18")
     predict.add_argument("--topk", type=int)
+    predict.add_argument(
+        "--protocol",
+        default="predictions",
+        choices=PROTOCOLS,
+        help="predictions (/predictions, raw bytes), v1 (KServe) or v2 (Open Inference)",
+    )
     predict.add_argument("images", nargs="+", type=Path)
     predict.set_defaults(func=cmd_predict)
     return root

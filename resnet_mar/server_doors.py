@@ -34,8 +34,6 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-#: TorchServe frontend plugins (``make plugins``): the Open Inference Protocol's REST paths.
-PLUGINS = REPO_ROOT / "build" / "plugins"
 #: Forwarded from the host's loopback to the server's unix sockets.
 PUBLIC_DOORS = ("inference", "metrics")
 
@@ -106,15 +104,6 @@ def host_and_port(address: str) -> tuple[str, int]:
     if not match:
         raise DoorError(f"address {address!r} is not http://host:port")
     return match.group(1), int(match.group(2))
-
-
-def with_plugins(config_text: str, plugins: Path) -> str:
-    """The config with ``plugins_path`` naming the plugin jars' folder; refuses a folder
-    without one (``make plugins`` builds it)."""
-    if not list(plugins.glob("*.jar")):
-        raise DoorError(f"no TorchServe plugin jar in {plugins}: run make plugins")
-    kept = re.sub(r"(?m)^\s*plugins_path\s*=.*$", "", config_text)
-    return kept.rstrip("\n") + f"\nplugins_path={plugins.resolve()}\n"
 
 
 def isolated_config(config_text: str, folder: ServerFolder) -> str:

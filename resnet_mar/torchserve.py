@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from resnet_mar.server_doors import (
-    PLUGINS,
     REPO_ROOT,
     DoorError,
     ServerFolder,
@@ -38,7 +37,6 @@ from resnet_mar.server_doors import (
     isolated_config,
     isolation_prefix,
     public_addresses,
-    with_plugins,
     without_namespace,
 )
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
@@ -239,15 +237,13 @@ def start_server(
     worker_environment: Mapping[str, str] = WORKER_ENVIRONMENT,
     isolated: bool = True,
     isolation: str = "auto",
-    plugins: Path | None = PLUGINS,
 ) -> RunningServer:
     """Start TorchServe serving ``models`` (``name=file.mar`` words, or ``all``) from its own
     folder; returns at once (see ``wait_until_ready``).
 
     ``isolated``: the doors of server_doors.py (HTTP on unix sockets, forwarded), or TorchServe's
     own TCP addresses (the benchmark's stock set-up). ``isolation``: whether it also gets a
-    network namespace (server_doors.ISOLATION_MODES). ``plugins``: the folder of frontend
-    plugins to load (the Open Inference Protocol's REST paths), or None for none."""
+    network namespace (server_doors.ISOLATION_MODES)."""
     folder.create()
     if folder.state.exists():
         raise ServerError(f"a server already runs from {folder.root}: stop it first (make stop)")
@@ -257,8 +253,6 @@ def start_server(
         commands = {door: forwarder_command(public[door], folder.socket(door)) for door in public}
     except DoorError as err:
         raise ServerError(str(err)) from None
-    if plugins is not None:
-        config_text = with_plugins(config_text, plugins)
     folder.config.write_text(isolated_config(config_text, folder) if isolated else config_text)
     env = server_environment(os.environ, worker_environment, folder)
     command = [
@@ -432,7 +426,6 @@ def private_server(
     worker_environment: Mapping[str, str] = WORKER_ENVIRONMENT,
     isolated: bool = True,
     isolation: str = "namespace",
-    plugins: Path | None = PLUGINS,
     timeout_s: float = 300,
 ) -> Iterator[RunningServer]:
     """A TorchServe of its own (folder, namespace, free ports) serving ``models`` (archive
@@ -449,7 +442,6 @@ def private_server(
         worker_environment=worker_environment,
         isolated=isolated,
         isolation=isolation,
-        plugins=plugins,
     )
     try:
         wait_until_ready(

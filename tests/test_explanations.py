@@ -246,8 +246,10 @@ def test_kserve_v1_explain_and_the_refusals_of_other_shapes(handler_and_context,
     (explanation,) = json.loads(answers[0])["explanations"]
     assert len(explanation["attributions"]) == 224
     assert context.statuses == {1: (413, "TooManyImages"), 2: (501, "ExplanationsUnsupported")}
-    assert answers[1]["error"].startswith("TooManyImages: 2 images in one explanation request")
-    assert "/explanations/<model>" in answers[2]["error"]
+    assert json.loads(answers[1])["error"].startswith(
+        "TooManyImages: 2 images in one explanation request"
+    )
+    assert "/explanations/<model>" in json.loads(answers[2])["error"]
 
 
 def test_one_explanation_costs_what_the_settings_allow(

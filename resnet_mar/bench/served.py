@@ -23,7 +23,6 @@ from resnet_mar.bench.results import (
 )
 from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, ServedSetup
 from resnet_mar.load_client import LoadPoint, run_point
-from resnet_mar.server_doors import PLUGINS
 from resnet_mar.torchserve import RunningServer, private_server
 
 
@@ -84,7 +83,6 @@ def serve(
         config_text=setup.config_text,
         worker_environment=setup.worker_environment,
         isolated=setup.isolated,
-        plugins=PLUGINS if setup.isolated else None,  # the stock set-up runs stock TorchServe
     ) as server:
         startup_s = round(time.monotonic() - began, 1)
         progress(f"{', '.join(names)} [{label}]: READY after {startup_s} s")

@@ -2,17 +2,20 @@
 InferenceRESTClient).
 
 Runs in its own venv (.venv-clients/kserve), never imports this project. Reads a job from stdin:
-{"base_url": "http://host:port", "model": name, "protocol": "v1"|"v2",
+{"base_url": "http://host:port", "model": name, "protocol": "v1"|"v2", "binary": bool,
  "requests": [{"images": [base64...], "topk": k, "id": s}]}
+("binary": v2 images set with ``set_data_from_numpy``'s default, binary tensors)
 and prints one result per request, sent 8 at a time: v1 {"predictions": [...]}, v2
 {"id", "outputs": {name: {"shape", "datatype", "data"}}}, or {"status", "error"} for a refusal.
 """
 
 import asyncio
+import base64
 import json
 import sys
 
 import httpx
+import numpy as np
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
 
@@ -22,7 +25,12 @@ async def infer(client: InferenceRESTClient, job: dict, request: dict) -> dict:
         if job["protocol"] == "v1":
             body = {"instances": [{"b64": image} for image in request["images"]], **topk}
             return await client.infer(job["base_url"], body, model_name=job["model"])
-        images = InferInput("image", [len(request["images"])], "BYTES", request["images"])
+        if job.get("binary"):
+            raw = [base64.b64decode(image) for image in request["images"]]
+            images = InferInput("image", [len(raw)], "BYTES")
+            images.set_data_from_numpy(np.array(raw, dtype=object))
+        else:
+            images = InferInput("image", [len(request["images"])], "BYTES", request["images"])
         call = InferRequest(
             model_name=job["model"],
             request_id=request["id"],
@@ -33,12 +41,18 @@ async def infer(client: InferenceRESTClient, job: dict, request: dict) -> dict:
         return {
             "id": result.id,
             "outputs": {
-                o.name: {"shape": list(o.shape), "datatype": o.datatype, "data": list(o.data)}
+                o.name: {"shape": list(o.shape), "datatype": o.datatype, "data": values(o)}
                 for o in result.outputs
             },
         }
     except httpx.HTTPStatusError as err:
         return {"status": err.response.status_code, "error": err.response.json().get("error")}
+
+
+def values(output) -> list:
+    """An output's elements, sent as JSON or binary (BYTES as text)."""
+    found = output.as_numpy().flatten().tolist()
+    return [x.decode() if isinstance(x, bytes) else x for x in found]
 
 
 async def main() -> None:

@@ -1,0 +1,176 @@
+"""Integration: the Open Inference Protocol as its own clients speak it by default, against the
+server make serve runs. tritonclient[http] sends images and asks outputs as binary tensors unless
+told otherwise, and checks health and metadata at the protocol's paths; every answer must equal
+the in-process reference, and a broken image must fail only its own request."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import subprocess
+
+import pytest
+import requests
+
+from resnet_mar.server_doors import REPO_ROOT
+from resnet_mar.torchserve import RunningServer
+from tests.reference import reference_top
+
+pytestmark = pytest.mark.integration
+
+TRITON = REPO_ROOT / ".venv-clients" / "triton" / "bin" / "python"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def triton_defaults(server: RunningServer, model: str, requests_: list[dict]) -> dict:
+    assert TRITON.exists(), f"{TRITON} is missing: run make test (it builds the client venvs)"
+    job = {
+        "url": server.endpoints.inference.removeprefix("http://"),
+        "model": model,
+        "requests": requests_,
+    }
+    done = subprocess.run(
+        [str(TRITON), str(REPO_ROOT / "tests" / "clients" / "triton_defaults.py")],
+        input=json.dumps(job), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def assert_rows_equal_reference(result: dict, images: list[bytes], reference, topk: int) -> None:
+    model, labels = reference
+    assert len(result["labels"]) == len(images)
+    for row, image in enumerate(images):
+        expected = reference_top(model, labels, image, topk=topk)
+        assert result["labels"][row] == [label for label, _ in expected]
+        assert result["probabilities"][row] == pytest.approx([p for _, p in expected], abs=1e-4)
+
+
+def test_tritonclient_with_its_defaults(server, references, photo_bytes) -> None:
+    """Binary tensors both ways (no outputs named: the whole answer binary; outputs named with
+    their default binary_data), 1, 3 and 8 images a request, 8 requests at once, a broken image
+    among good ones."""
+    photos = list(photo_bytes.values())
+    jpeg = photo_bytes["rocket"]
+    batches = [photos[:1], photos[:3], (photos * 3)[:8], [photos[0], jpeg[:4000], photos[1]]]
+    asked = [
+        {"images": [b64(i) for i in images], "topk": 3, "outputs": n % 2 == 1}
+        for n, images in enumerate(batches)
+    ] * 2
+    found = triton_defaults(server, "resnet18", asked)
+    for n, images in enumerate(batches * 2):
+        result = found["results"][n]
+        if n % len(batches) == 3:
+            assert result["status"] == "400", result
+            assert result["error"].startswith("input 1: TruncatedImage: "), result
+            continue
+        assert_rows_equal_reference(result, images, references["resnet18"], topk=3)
+
+
+def test_health_and_server_metadata_at_the_protocols_paths(server) -> None:
+    """What TorchServe's Open Inference mode answers, and what it lacks (model readiness and
+    metadata: 404, see docs/open-inference.md)."""
+    health = triton_defaults(server, "resnet18", [])["health"]
+    assert health["server_live"] == {"answer": True}
+    assert health["server_ready"] == {"answer": True}
+    assert health["server_metadata"]["answer"]["version"] == "0.12.0"
+    assert health["model_ready"] == {"answer": False}  # no REST path for it in TorchServe 0.12
+    assert health["model_metadata"]["status"] == "404"
+
+
+def test_a_binary_answer_carries_its_header_and_sizes(server, references, photo_bytes) -> None:
+    """The raw HTTP exchange, as tritonclient makes it: the response's JSON head is as long as
+    its Inference-Header-Content-Length says, and each output's bytes as long as its
+    binary_data_size."""
+    image = photo_bytes["chelsea"]
+    tail = struct.pack("<I", len(image)) + image
+    head = json.dumps(
+        {
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                        "parameters": {"binary_data_size": len(tail)}}],
+            "parameters": {"binary_data_output": True, "topk": 2},
+        }
+    ).encode()  # fmt: skip
+    answer = requests.post(
+        f"{server.endpoints.inference}/v2/models/resnet18/infer",
+        data=head + tail,
+        headers={"Inference-Header-Content-Length": str(len(head))},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Content-Type"] == "application/octet-stream"
+    length = int(answer.headers["Inference-Header-Content-Length"])
+    document = json.loads(answer.content[:length])
+    sizes = [o["parameters"]["binary_data_size"] for o in document["outputs"]]
+    assert length + sum(sizes) == len(answer.content)
+    probabilities = struct.unpack("<2f", answer.content[length + sizes[0] :])
+    expected = reference_top(*references["resnet18"], image, topk=2)
+    assert list(probabilities) == pytest.approx([p for _, p in expected], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "kind"),
+    [
+        (b'{"inputs": [{"name": "image",', {"Content-Type": "application/json"}, "MalformedJSON"),
+        (b"--zzz\r\nbroken", {"Content-Type": "multipart/form-data; boundary=zzz"},
+         "MalformedMultipart"),
+    ],
+)  # fmt: skip
+def test_protocol_errors_are_named_for_what_is_wrong(server, body, headers, kind) -> None:
+    answer = requests.post(
+        f"{server.endpoints.inference}/predictions/resnet18", data=body, headers=headers, timeout=60
+    )
+    assert (answer.status_code, answer.json()["type"]) == (400, kind), answer.text
+
+
+def test_a_non_ascii_option_is_echoed_as_sent(server, photo_bytes) -> None:
+    answer = requests.put(
+        f"{server.endpoints.inference}/predictions/resnet18",
+        data=photo_bytes["chelsea"],
+        headers={"X-TopK": "③".encode()},
+        timeout=60,
+    )
+    assert answer.status_code == 400 and "'③'" in answer.json()["message"], answer.text
+
+
+def test_v1_and_v2_answers_are_compact(server, photo_bytes) -> None:
+    body = {"instances": [{"b64": b64(photo_bytes["chelsea"])}], "topk": 1}
+    answer = requests.post(
+        f"{server.endpoints.inference}/v1/models/resnet18:predict", json=body, timeout=60
+    )
+    assert answer.status_code == 200 and "\n" not in answer.text and ": " not in answer.text
+
+
+def test_kserve_sdk_with_binary_tensors(server, references, photo_bytes) -> None:
+    """KServe's own REST client, v2, images set with set_data_from_numpy's default (binary)."""
+    python = REPO_ROOT / ".venv-clients" / "kserve" / "bin" / "python"
+    assert python.exists(), f"{python} is missing: run make test (it builds the client venvs)"
+    photos = list(photo_bytes.values())[:3]
+    job = {
+        "base_url": server.endpoints.inference,
+        "model": "resnet18",
+        "protocol": "v2",
+        "binary": True,
+        "requests": [
+            {"images": [b64(i) for i in photos], "topk": 2, "id": "k3"},
+            {"images": [b64(photos[0]), b64(photo_bytes["rocket"][:4000])], "id": "bad"},
+        ],
+    }
+    done = subprocess.run(
+        [str(python), str(REPO_ROOT / "tests" / "clients" / "kserve_rest.py")],
+        input=json.dumps(job), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    good, bad = json.loads(done.stdout)
+    assert good["id"] == "k3" and good["outputs"]["labels"]["shape"] == [3, 2]
+    labels, probabilities = good["outputs"]["labels"]["data"], good["outputs"]["probabilities"]
+    rows = {
+        "labels": [labels[2 * r : 2 * r + 2] for r in range(3)],
+        "probabilities": [probabilities["data"][2 * r : 2 * r + 2] for r in range(3)],
+    }
+    assert_rows_equal_reference(rows, photos, references["resnet18"], topk=2)
+    assert bad["status"] == 400 and bad["error"].startswith("input 1: TruncatedImage: ")
