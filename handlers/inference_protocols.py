@@ -212,15 +212,23 @@ def _json_document(value: Any) -> dict[str, Any] | None:
     never starts with "{")."""
     if isinstance(value, dict):
         return value
-    if isinstance(value, str):
-        value = value.encode("utf-8", errors="replace")
-    if not isinstance(value, (bytes, bytearray)) or not bytes(value).lstrip().startswith(b"{"):
+    text = _object_text(value)
+    if text is None:
         return None
     try:
-        found = json.loads(bytes(value))
+        found = json.loads(text)
     except (ValueError, RecursionError):
         return None
     return found if isinstance(found, dict) else None
+
+
+def _object_text(value: Any) -> bytes | None:
+    """Text or bytes that start like a JSON object, as bytes; None for anything else."""
+    if isinstance(value, str):
+        value = value.encode("utf-8", errors="replace")
+    if isinstance(value, (bytes, bytearray)) and bytes(value).lstrip().startswith(b"{"):
+        return bytes(value)
+    return None
 
 
 def _first_document(request: Mapping[str, Any]) -> dict[str, Any]:
@@ -234,13 +242,11 @@ def _first_document(request: Mapping[str, Any]) -> dict[str, Any]:
 def _refuse_broken_json(request: Mapping[str, Any]) -> None:
     """A body that starts like a JSON object but does not parse is broken JSON, not an image
     (no image format starts with "{")."""
-    value = request.get("body", request.get("data"))
-    if isinstance(value, str):
-        value = value.encode("utf-8", errors="replace")
-    if not isinstance(value, (bytes, bytearray)) or not bytes(value).lstrip().startswith(b"{"):
+    text = _object_text(request.get("body", request.get("data")))
+    if text is None:
         return
     try:
-        json.loads(bytes(value))
+        json.loads(text)
     except (ValueError, RecursionError) as err:
         raise bad_request("MalformedJSON", f"the body is not valid JSON: {str(err)[:80]}") from None
 
