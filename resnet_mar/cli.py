@@ -127,6 +127,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(f"{name}: {len(statuses[name])} worker(s) READY")
         print(f"  curl -T photo.jpg {server.endpoints.inference}/predictions/{name}")
         print(f"  curl -T photo.jpg {server.endpoints.inference}/explanations/{name}")
+    if server.endpoints.grpc:
+        print(f"Open Inference gRPC (inference.GRPCInferenceService): {server.endpoints.grpc}")
     socket = server.endpoints.management.removeprefix("unix:")
     print(f"management (owner only): curl --unix-socket {socket} http://localhost/models")
     print(f"metrics: curl {server.endpoints.metrics}/metrics    stop: make stop RUN={args.folder}")

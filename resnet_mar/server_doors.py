@@ -232,8 +232,8 @@ def without_namespace(config_text: str, why: str) -> str:
 
 
 def forwarder_command(address: str, target: Path) -> list[str]:
-    """A relay from a public loopback address to a door's unix socket, one process a
-    connection (socat's fork), so a slow client holds only its own."""
+    """A byte relay from a public loopback address to a door's unix socket, one process a
+    connection (socat's fork): the metrics door."""
     if not shutil.which("socat"):
         raise DoorError("socat is missing: apt-get install socat ('make setup' does, as root)")
     host, port = host_and_port(address)
@@ -241,6 +241,41 @@ def forwarder_command(address: str, target: Path) -> list[str]:
         "socat",
         f"TCP-LISTEN:{port},bind={host},reuseaddr,fork,backlog=1024",
         f"UNIX-CONNECT:{target}",
+    ]
+
+
+def grpc_public_address(config_text: str) -> str | None:
+    """``oip_grpc_address`` (host:port, loopback): where the front door serves the Open
+    Inference Protocol's gRPC service; None when config.properties sets none. TorchServe ignores
+    the key (its own gRPC doors stay in its namespace)."""
+    found = re.search(r"(?m)^\s*oip_grpc_address\s*=\s*(\S+)", config_text)
+    if found is None:
+        return None
+    host, port = host_and_port(f"http://{found.group(1)}")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise DoorError(f"oip_grpc_address={found.group(1)}: only loopback addresses are served")
+    return f"{host}:{port}"
+
+
+def front_door_command(
+    address: str, folder: ServerFolder, model_store: Path, grpc: str | None = None
+) -> list[str]:
+    """The inference door (front_door.py): an HTTP relay to the inference socket that answers
+    the Open Inference Protocol's health and metadata itself, and its gRPC service on ``grpc``."""
+    host, port = host_and_port(address)
+    return [
+        sys.executable,
+        "-m",
+        "resnet_mar.front_door",
+        "--listen",
+        f"{host}:{port}",
+        "--inference",
+        str(folder.socket("inference")),
+        "--management",
+        str(folder.socket("management")),
+        "--model-store",
+        str(model_store.resolve()),
+        *(["--grpc", grpc] if grpc else []),
     ]
 
 

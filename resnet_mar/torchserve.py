@@ -32,6 +32,8 @@ from resnet_mar.server_doors import (
     config_addresses,
     forwarder_command,
     free_port,
+    front_door_command,
+    grpc_public_address,
     host_and_port,
     http_exchange,
     isolated_config,
@@ -50,12 +52,14 @@ class ServerError(RuntimeError):
 
 @dataclass(frozen=True)
 class Endpoints:
-    """How to reach a running server: inference and metrics URLs, and management either as a
-    unix socket (``unix:/path``) or a URL."""
+    """How to reach a running server: inference and metrics URLs, management either as a unix
+    socket (``unix:/path``) or a URL, and the Open Inference gRPC service (host:port, "" when
+    the server has none)."""
 
     inference: str
     metrics: str
     management: str
+    grpc: str = ""
 
 
 @dataclass
@@ -250,7 +254,13 @@ def start_server(
     try:
         public = public_addresses(config_text) if isolated else {}
         prefix, no_namespace = isolation_prefix(isolation) if isolated else ([], None)
-        commands = {door: forwarder_command(public[door], folder.socket(door)) for door in public}
+        grpc = grpc_public_address(config_text) if isolated else None
+        commands = {
+            door: front_door_command(public[door], folder, model_store, grpc)
+            if door == "inference"
+            else forwarder_command(public[door], folder.socket(door))
+            for door in public
+        }
     except DoorError as err:
         raise ServerError(str(err)) from None
     folder.config.write_text(isolated_config(config_text, folder) if isolated else config_text)
@@ -281,6 +291,7 @@ def start_server(
         inference=public.get("inference") or _address(config_text, "inference"),
         metrics=public.get("metrics") or _address(config_text, "metrics"),
         management=management,
+        grpc=grpc or "",
     )
     state = ServerState(str(folder.root), endpoints, process.pid, [f.pid for f in forwarders])
     state.save()
@@ -413,6 +424,9 @@ def config_with_free_ports(config_text: str) -> str:
     for door in ("grpc_inference_port", "grpc_management_port"):
         config_text = re.sub(rf"(?m)^\s*{door}\s*=.*$", "", config_text)
         config_text += f"\n{door}={free_port()}"
+    if re.search(r"(?m)^\s*oip_grpc_address\s*=", config_text):
+        config_text = re.sub(r"(?m)^\s*oip_grpc_address\s*=.*$", "", config_text)
+        config_text += f"\noip_grpc_address=127.0.0.1:{free_port()}"
     return config_text + "\n"
 
 

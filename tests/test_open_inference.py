@@ -16,29 +16,43 @@ import requests
 from resnet_mar.server_doors import REPO_ROOT
 from resnet_mar.torchserve import RunningServer
 from tests.reference import reference_top
+from tests.served_models import VERSION
 
 pytestmark = pytest.mark.integration
 
-TRITON = REPO_ROOT / ".venv-clients" / "triton" / "bin" / "python"
+MODEL_METADATA = {
+    "name": "resnet18",
+    "versions": [VERSION],
+    "platform": "pytorch_torchscript",
+    "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+    "outputs": [
+        {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, -1]},
+    ],
+}
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def triton_defaults(server: RunningServer, model: str, requests_: list[dict]) -> dict:
-    assert TRITON.exists(), f"{TRITON} is missing: run make test (it builds the client venvs)"
-    job = {
-        "url": server.endpoints.inference.removeprefix("http://"),
-        "model": model,
-        "requests": requests_,
-    }
+def client(venv: str, script: str, job: dict) -> dict:
+    """Run one of tests/clients/ in its own venv; its JSON answer."""
+    python = REPO_ROOT / ".venv-clients" / venv / "bin" / "python"
+    assert python.exists(), f"{python} is missing: run make test (it builds the client venvs)"
     done = subprocess.run(
-        [str(TRITON), str(REPO_ROOT / "tests" / "clients" / "triton_defaults.py")],
+        [str(python), str(REPO_ROOT / "tests" / "clients" / script)],
         input=json.dumps(job), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def triton_defaults(server: RunningServer, model: str, requests_: list[dict]) -> dict:
+    url = server.endpoints.inference.removeprefix("http://")
+    return client(
+        "triton", "triton_defaults.py", {"url": url, "model": model, "requests": requests_}
+    )
 
 
 def assert_rows_equal_reference(result: dict, images: list[bytes], reference, topk: int) -> None:
@@ -71,15 +85,20 @@ def test_tritonclient_with_its_defaults(server, references, photo_bytes) -> None
         assert_rows_equal_reference(result, images, references["resnet18"], topk=3)
 
 
-def test_health_and_server_metadata_at_the_protocols_paths(server) -> None:
-    """What TorchServe's Open Inference mode answers, and what it lacks (model readiness and
-    metadata: 404, see docs/open-inference.md)."""
+def test_health_and_metadata_at_the_protocols_paths(server) -> None:
+    """The front door answers them from TorchServe's workers and the archives."""
     health = triton_defaults(server, "resnet18", [])["health"]
     assert health["server_live"] == {"answer": True}
     assert health["server_ready"] == {"answer": True}
-    assert health["server_metadata"]["answer"]["version"] == "0.12.0"
-    assert health["model_ready"] == {"answer": False}  # no REST path for it in TorchServe 0.12
-    assert health["model_metadata"]["status"] == "404"
+    assert health["model_ready"] == {"answer": True}
+    assert health["server_metadata"]["answer"]["extensions"] == ["binary_tensor_data"]
+    assert health["model_metadata"]["answer"] == MODEL_METADATA
+    versioned = requests.get(
+        f"{server.endpoints.inference}/v2/models/resnet18/versions/{VERSION}/ready", timeout=30
+    )
+    assert (versioned.status_code, versioned.json()) == (200, {"name": "resnet18", "ready": True})
+    missing = requests.get(f"{server.endpoints.inference}/v2/models/nope/ready", timeout=30)
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]
 
 
 def test_a_binary_answer_carries_its_header_and_sizes(server, references, photo_bytes) -> None:
@@ -147,8 +166,6 @@ def test_v1_and_v2_answers_are_compact(server, photo_bytes) -> None:
 
 def test_kserve_sdk_with_binary_tensors(server, references, photo_bytes) -> None:
     """KServe's own REST client, v2, images set with set_data_from_numpy's default (binary)."""
-    python = REPO_ROOT / ".venv-clients" / "kserve" / "bin" / "python"
-    assert python.exists(), f"{python} is missing: run make test (it builds the client venvs)"
     photos = list(photo_bytes.values())[:3]
     job = {
         "base_url": server.endpoints.inference,
@@ -160,17 +177,67 @@ def test_kserve_sdk_with_binary_tensors(server, references, photo_bytes) -> None
             {"images": [b64(photos[0]), b64(photo_bytes["rocket"][:4000])], "id": "bad"},
         ],
     }
-    done = subprocess.run(
-        [str(python), str(REPO_ROOT / "tests" / "clients" / "kserve_rest.py")],
-        input=json.dumps(job), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    good, bad = json.loads(done.stdout)
-    assert good["id"] == "k3" and good["outputs"]["labels"]["shape"] == [3, 2]
-    labels, probabilities = good["outputs"]["labels"]["data"], good["outputs"]["probabilities"]
-    rows = {
-        "labels": [labels[2 * r : 2 * r + 2] for r in range(3)],
-        "probabilities": [probabilities["data"][2 * r : 2 * r + 2] for r in range(3)],
-    }
-    assert_rows_equal_reference(rows, photos, references["resnet18"], topk=2)
+    good, bad = client("kserve", "kserve_rest.py", job)
+    assert good["id"] == "k3"
+    assert_outputs_equal_reference(good["outputs"], photos, references["resnet18"], topk=2)
     assert bad["status"] == 400 and bad["error"].startswith("input 1: TruncatedImage: ")
+
+
+def assert_outputs_equal_reference(outputs: dict, images: list[bytes], reference, topk: int):
+    """Open Inference outputs (flat data, shape [n, k]) against the reference, row by row."""
+    assert outputs["labels"]["shape"] == [len(images), topk]
+    labels, probabilities = outputs["labels"]["data"], outputs["probabilities"]["data"]
+    rows = {
+        "labels": [labels[topk * r : topk * (r + 1)] for r in range(len(images))],
+        "probabilities": [probabilities[topk * r : topk * (r + 1)] for r in range(len(images))],
+    }
+    assert_rows_equal_reference(rows, images, reference, topk)
+
+
+def grpc_batches(photo_bytes) -> list[list[bytes]]:
+    """1, 3 and 8 images a request, and a broken image among good ones (the last)."""
+    photos = list(photo_bytes.values())
+    return [photos[:1], photos[:3], (photos * 3)[:8], [photos[0], photo_bytes["rocket"][:4000]]]
+
+
+def test_tritonclient_grpc_with_its_defaults(server, references, photo_bytes) -> None:
+    """BYTES in raw_input_contents, parameters.topk, a versioned and an unversioned call, 8 at
+    once; a refused image is INVALID_ARGUMENT with the handler's message, alone."""
+    batches = grpc_batches(photo_bytes)
+    asked = [{"images": [b64(i) for i in images], "topk": 3} for images in batches] * 2
+    for version in ("", VERSION):
+        job = {"url": server.endpoints.grpc, "model": "resnet18", "version": version,
+               "requests": asked}  # fmt: skip
+        found = client("triton", "triton_grpc.py", job)
+        health = found["health"]
+        assert [health[k]["answer"] for k in ("server_live", "server_ready", "model_ready")] == [
+            True, True, True,
+        ]  # fmt: skip
+        assert health["unknown_model_ready"]["status"] == "StatusCode.NOT_FOUND"
+        assert health["model_metadata"]["answer"] == {
+            **MODEL_METADATA,
+            "inputs": [{**MODEL_METADATA["inputs"][0], "shape": ["-1"]}],
+            "outputs": [{**o, "shape": ["-1", "-1"]} for o in MODEL_METADATA["outputs"]],
+        }  # (protobuf's JSON writes int64 as strings)
+        for n, images in enumerate(batches * 2):
+            result = found["results"][n]
+            if n % len(batches) == len(batches) - 1:
+                assert result["status"] == "StatusCode.INVALID_ARGUMENT", result
+                assert result["error"].startswith("input 1: TruncatedImage: "), result
+                continue
+            assert_rows_equal_reference(result, images, references["resnet18"], topk=3)
+
+
+def test_kserve_sdk_grpc(server, references, photo_bytes) -> None:
+    batches = grpc_batches(photo_bytes)
+    asked = [{"images": [b64(i) for i in images], "topk": 2, "id": f"g{n}"}
+             for n, images in enumerate(batches)]  # fmt: skip
+    job = {"url": server.endpoints.grpc, "model": "resnet50", "requests": asked}
+    found = client("kserve", "kserve_grpc.py", job)
+    assert (found["live"], found["ready"], found["model_ready"]) == (True, True, True)
+    for n, images in enumerate(batches[:-1]):
+        assert found["results"][n]["id"] == f"g{n}"
+        outputs = found["results"][n]["outputs"]
+        assert_outputs_equal_reference(outputs, images, references["resnet50"], topk=2)
+    assert found["results"][-1]["status"] == "INVALID_ARGUMENT"
+    assert found["results"][-1]["error"].startswith("input 1: TruncatedImage: ")
