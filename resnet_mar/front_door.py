@@ -26,6 +26,7 @@ import signal
 import time
 import zipfile
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
@@ -153,9 +154,19 @@ class ModelRegistry:
     def server_metadata() -> dict[str, Any]:
         return {
             "name": "resnet-mar",
-            "version": installed_version("resnet-mar"),
+            "version": toolkit_version(),
             "extensions": ["binary_tensor_data"],
         }
+
+
+def toolkit_version() -> str:
+    """This toolkit's version: installed (make setup), or as pyproject.toml says (an image)."""
+    try:
+        return installed_version("resnet-mar")
+    except PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        found = re.search(r'(?m)^version\s*=\s*"([^"]+)"', pyproject.read_text())
+        return found.group(1) if found else "unknown"
 
 
 def _default(entry: dict[str, Any]) -> bool:

@@ -83,12 +83,15 @@ def config_addresses(config_text: str) -> dict[str, str]:
     return dict(re.findall(r"^\s*(\w+)_address\s*=\s*(\S+)", config_text, re.MULTILINE))
 
 
-def public_addresses(config_text: str) -> dict[str, str]:
-    """The loopback addresses config.properties gives the public doors."""
+def public_addresses(config_text: str, host: str | None = None) -> dict[str, str]:
+    """The loopback addresses config.properties gives the public doors; with ``host``, their
+    ports on that host instead (a container's 0.0.0.0: its own network namespace)."""
     found = config_addresses(config_text)
     missing = [door for door in PUBLIC_DOORS if door not in found]
     if missing:
         raise DoorError(f"config.properties lacks {', '.join(f'{d}_address' for d in missing)}")
+    if host is not None:
+        return {door: f"http://{host}:{host_and_port(found[door])[1]}" for door in PUBLIC_DOORS}
     for door in PUBLIC_DOORS:
         host, _ = host_and_port(found[door])
         if host not in ("127.0.0.1", "localhost", "::1"):
@@ -244,14 +247,16 @@ def forwarder_command(address: str, target: Path) -> list[str]:
     ]
 
 
-def grpc_public_address(config_text: str) -> str | None:
-    """``oip_grpc_address`` (host:port, loopback): where the front door serves the Open
-    Inference Protocol's gRPC service; None when config.properties sets none. TorchServe ignores
-    the key (its own gRPC doors stay in its namespace)."""
+def grpc_public_address(config_text: str, public_host: str | None = None) -> str | None:
+    """``oip_grpc_address`` (host:port, loopback; with ``public_host``, its port there): where
+    the front door serves the Open Inference Protocol's gRPC service; None when config.properties
+    sets none. TorchServe ignores the key (its own gRPC doors stay in its namespace)."""
     found = re.search(r"(?m)^\s*oip_grpc_address\s*=\s*(\S+)", config_text)
     if found is None:
         return None
     host, port = host_and_port(f"http://{found.group(1)}")
+    if public_host is not None:
+        return f"{public_host}:{port}"
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise DoorError(f"oip_grpc_address={found.group(1)}: only loopback addresses are served")
     return f"{host}:{port}"

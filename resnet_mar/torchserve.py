@@ -241,20 +241,22 @@ def start_server(
     worker_environment: Mapping[str, str] = WORKER_ENVIRONMENT,
     isolated: bool = True,
     isolation: str = "auto",
+    public_host: str | None = None,
 ) -> RunningServer:
     """Start TorchServe serving ``models`` (``name=file.mar`` words, or ``all``) from its own
     folder; returns at once (see ``wait_until_ready``).
 
     ``isolated``: the doors of server_doors.py (HTTP on unix sockets, forwarded), or TorchServe's
     own TCP addresses (the benchmark's stock set-up). ``isolation``: whether it also gets a
-    network namespace (server_doors.ISOLATION_MODES)."""
+    network namespace (server_doors.ISOLATION_MODES). ``public_host``: the public doors on that
+    host instead of config.properties' loopback addresses (a container's 0.0.0.0)."""
     folder.create()
     if folder.state.exists():
         raise ServerError(f"a server already runs from {folder.root}: stop it first (make stop)")
     try:
-        public = public_addresses(config_text) if isolated else {}
+        public = public_addresses(config_text, public_host) if isolated else {}
         prefix, no_namespace = isolation_prefix(isolation) if isolated else ([], None)
-        grpc = grpc_public_address(config_text) if isolated else None
+        grpc = grpc_public_address(config_text, public_host) if isolated else None
         commands = {
             door: front_door_command(public[door], folder, model_store, grpc)
             if door == "inference"
