@@ -21,6 +21,11 @@ RUN         ?= run
 CONFIG      ?= config.properties
 ISOLATION   ?= auto
 PROTOCOL    ?= v2
+RUNTIME     ?= own
+IMAGE       ?= resnet-mar:latest
+BASE        ?= debian:bookworm-slim
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+IMAGE_BUILD_ARGS ?=
 STORAGE_URI ?= pvc://resnet-mar/kserve
 SERVICE     ?= resnet-mar
 POD_CPUS    ?= 1
@@ -33,7 +38,7 @@ STAMP := $(VENV)/.installed
 NAMES := $(or $(NAME),$(MODELS))
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup host-tools labels script archive serve stop kserve test lint bench clean FORCE
+.PHONY: help setup host-tools container-tools labels script archive serve stop kserve image test test-container lint bench clean FORCE
 
 help: ## list targets and variables
 	@echo "Targets:"
@@ -56,7 +61,11 @@ help: ## list targets and variables
 	@echo "  CONFIG=$(CONFIG)  TorchServe settings make serve starts it with (its public addresses among them)"
 	@echo "  ISOLATION=$(ISOLATION)  make serve: auto (own network namespace where the kernel allows one, else without, saying what stays reachable) | namespace (refuse without) | none"
 	@echo "  PROTOCOL=$(PROTOCOL)  make kserve: v1 | v2 | grpc-v2"
-	@echo "  STORAGE_URI=$(STORAGE_URI)  make kserve: where the cluster finds kserve/ (pvc://claim/folder, s3://bucket/folder)"
+	@echo "  RUNTIME=$(RUNTIME)  make kserve: own (this toolkit's image as a ServingRuntime) | kserve-torchserve (KServe's; TorchScript and AOTInductor only)"
+	@echo "  IMAGE=$(IMAGE)  make image, make kserve: the serving image's name"
+	@echo "  BASE=$(BASE)  TORCH_INDEX=$(TORCH_INDEX)  make image: base image, torch's wheel index (PyPI's: the CUDA build)"
+	@echo "  IMAGE_BUILDER=$(IMAGE_BUILDER)  IMAGE_BUILD_ARGS=$(IMAGE_BUILD_ARGS)  make image: the builder and more of its arguments"
+	@echo "  STORAGE_URI=$(STORAGE_URI)  make kserve: where the cluster finds build/kserve (pvc://claim/folder, s3://bucket/folder)"
 	@echo "  SERVICE=$(SERVICE)  POD_CPUS=$(POD_CPUS)  POD_MEMORY=$(POD_MEMORY)  make kserve: InferenceService name and pod size"
 	@echo "  BUILD=$(BUILD)  MODEL_STORE=$(MODEL_STORE)  PYTHON=$(PYTHON)  PYTEST_ARGS=$(PYTEST_ARGS)"
 	@echo "  CXX=$(CXX)  C++ compiler of make cpp"
@@ -137,10 +146,17 @@ serve: $(ARCHIVES) host-tools ## start TorchServe with every archive (own networ
 stop: ## drain and stop the server make serve started; returns once nothing of it runs
 	$(BIN)/python -m resnet_mar stop --folder $(RUN)
 
-kserve: $(ARCHIVES) ## write kserve/: a KServe storage folder (config, model-store) and its InferenceService
-	$(BIN)/python -m resnet_mar kserve --model-store $(MODEL_STORE) --models $(NAMES) --out kserve \
+kserve: $(ARCHIVES) ## write build/kserve/: a KServe storage folder, its ServingRuntime (RUNTIME=own) and InferenceService
+	$(BIN)/python -m resnet_mar kserve --model-store $(MODEL_STORE) --models $(NAMES) --out $(BUILD)/kserve \
 		--protocol $(PROTOCOL) --storage-uri $(STORAGE_URI) --service $(SERVICE) \
-		--cpus $(POD_CPUS) --memory $(POD_MEMORY)
+		--cpus $(POD_CPUS) --memory $(POD_MEMORY) --runtime $(RUNTIME) --image $(IMAGE) --config $(CONFIG)
+
+# The serving image (Dockerfile): buildah where it is (--format docker keeps the HEALTHCHECK),
+# else docker. model_store/ is baked in as it is (empty: mount a KServe layout at /mnt/models).
+IMAGE_BUILDER ?= $(if $(shell command -v buildah),buildah bud --format docker --layers,docker build)
+image: ## build the serving image IMAGE from Dockerfile (BASE, TORCH_INDEX); bakes in model_store/*.mar
+	$(IMAGE_BUILDER) --build-arg BASE=$(BASE) --build-arg TORCH_INDEX=$(TORCH_INDEX) $(IMAGE_BUILD_ARGS) -t $(IMAGE) .
+	@echo "image: $(IMAGE) (archives: $$(ls $(MODEL_STORE)/*.mar 2>/dev/null | xargs -r -n1 basename | paste -sd' ' -))"
 
 # --- Checks.
 # Clients this project did not write, each in its own venv (tritonclient's and KServe's SDK clash
@@ -156,7 +172,17 @@ $(CLIENTS)/%/.installed: tests/clients/%-requirements.txt
 test: setup $(CLIENT_VENVS) ## ruff (lint and format), unit tests, integration tests against a real TorchServe
 	$(BIN)/ruff check resnet_mar handlers tests
 	$(BIN)/ruff format --check resnet_mar handlers tests
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not container" $(PYTEST_ARGS)
+
+test-container: setup container-tools $(CLIENT_VENVS) ## build the image (buildah), run it (podman): every format, doors, stop, KServe runtime
+	$(BIN)/pytest -m container $(PYTEST_ARGS)
+
+CONTAINER_NEEDS = the container tests need buildah and podman and runc and debootstrap
+# What building and running the image here needs; installed with apt-get when missing and root.
+container-tools:
+	@missing=""; for tool in buildah podman runc debootstrap; do \
+		command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	$(call install_missing,container-tools,$(CONTAINER_NEEDS))
 
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check resnet_mar handlers tests
@@ -165,8 +191,8 @@ lint: $(STAMP) ## ruff check and format check
 bench: setup ## served vs in-process limit vs stock TorchServe -> results/bench/report.md (~17 min)
 	$(BIN)/python -m resnet_mar.bench --out results/bench --work $(BUILD)/bench
 
-clean: ## remove build outputs, archives, kserve/ and results (keeps .venv and a running server's folder)
-	rm -rf $(BUILD) $(MODEL_STORE)/*.mar logs results kserve
+clean: ## remove build outputs (build/kserve too), archives and results (keeps .venv and a running server's folder)
+	rm -rf $(BUILD) $(MODEL_STORE)/*.mar logs results
 
 # --- C++ consumer: build/classify, libtorch from the venv's torch wheel, no Python at run time.
 .PHONY: cpp cpp-deps

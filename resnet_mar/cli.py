@@ -16,7 +16,7 @@ from resnet_mar.architectures import (
 )
 from resnet_mar.build import BuildError, BuildRequest, BuildResult, build_model
 from resnet_mar.client import PROTOCOLS, ClientError
-from resnet_mar.kserve_storage import KServeError
+from resnet_mar.kserve_storage import RUNTIMES, KServeError
 from resnet_mar.labels import LabelMapError, torchvision_imagenet_categories, write_label_map
 from resnet_mar.parity import ParityError
 from resnet_mar.photos import PhotosMissingError
@@ -154,14 +154,17 @@ def cmd_kserve(args: argparse.Namespace) -> None:
         storage_uri=args.storage_uri,
         cpus=args.cpus,
         memory=args.memory,
+        runtime=args.runtime,
+        image=args.image,
     )
     archives = [args.model_store / f"{name}.mar" for name in args.models]
-    written = write_storage(archives, args.out, deployment)
+    written = write_storage(archives, args.out, deployment, config_text=args.config.read_text())
     for path in written:
         print(f"wrote {path}")
+    applied = " and ".join(str(p) for p in written if p.suffix == ".yaml")
     print(
-        f"kserve: copy {args.out}/ to {args.storage_uri} (its config/ and model-store/), then "
-        f"kubectl apply -f {args.out}/inferenceservice.yaml (README: Run on KServe)"
+        f"kserve: copy {args.out}/config and {args.out}/model-store to {args.storage_uri}, then "
+        f"kubectl apply -f each of {applied} (README: Run on KServe)"
     )
 
 
@@ -264,7 +267,21 @@ def parser() -> argparse.ArgumentParser:
     kserve = sub.add_parser("kserve", help="write a KServe storage folder and InferenceService")
     kserve.add_argument("--model-store", type=Path, default=Path("model_store"))
     kserve.add_argument("--models", nargs="+", required=True, help="archive names to include")
-    kserve.add_argument("--out", type=Path, default=Path("kserve"))
+    kserve.add_argument("--out", type=Path, default=Path("build/kserve"))
+    kserve.add_argument(
+        "--runtime",
+        default="own",
+        choices=RUNTIMES,
+        help="own: this toolkit's image (make image) as a ServingRuntime; kserve-torchserve: "
+        "KServe's TorchServe runtime (TorchScript and AOTInductor archives only)",
+    )
+    kserve.add_argument("--image", default="resnet-mar:latest", help="the own runtime's image")
+    kserve.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config.properties"),
+        help="the own runtime's TorchServe settings (their ports are the pod's)",
+    )
     kserve.add_argument("--protocol", required=True, help="v1, v2 or grpc-v2")
     kserve.add_argument("--storage-uri", required=True, help="pvc://claim/folder, s3://bucket/...")
     kserve.add_argument("--service", required=True, help="the InferenceService's name")

@@ -59,7 +59,12 @@ def client(venv: str, script: str, job: object) -> object:
 
 
 def deployment(protocol: str) -> Deployment:
-    return Deployment("resnet-mar", protocol, "pvc://models/resnet-mar", cpus="1", memory="4Gi")
+    """KServe's TorchServe runtime (RUNTIME=kserve-torchserve): what these tests start as
+    KServe starts it. The own runtime's container is test_container.py's."""
+    return Deployment(
+        "resnet-mar", protocol, "pvc://models/resnet-mar", cpus="1", memory="4Gi",
+        runtime="kserve-torchserve",
+    )  # fmt: skip
 
 
 def test_make_kserve_writes_the_storage_folder(model_store: Path, tmp_path: Path) -> None:
@@ -68,7 +73,7 @@ def test_make_kserve_writes_the_storage_folder(model_store: Path, tmp_path: Path
         [sys.executable, "-m", "resnet_mar", "kserve", "--model-store", str(model_store),
          "--models", "resnet18", "flowers", "--out", str(out), "--protocol", "grpc-v2",
          "--storage-uri", "s3://bucket/resnet-mar", "--service", "classify", "--cpus", "2",
-         "--memory", "6Gi"],
+         "--memory", "6Gi", "--runtime", "kserve-torchserve"],
         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -101,10 +106,31 @@ def test_make_kserve_writes_the_storage_folder(model_store: Path, tmp_path: Path
     assert model["ports"] == [{"containerPort": 8081, "name": "h2c", "protocol": "TCP"}]
 
 
+def test_kserves_torchserve_runtime_refuses_formats_its_image_cannot_load(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """pytorch/torchserve-kfs has no onnxruntime or openvino: such archives are refused at
+    make kserve, naming RUNTIME=own, instead of failing to load in the cluster."""
+    onnx = tmp_path / "resnet18.mar"
+    with zipfile.ZipFile(model_store / "resnet18.mar") as source, zipfile.ZipFile(onnx, "w") as to:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "model-config.yaml":
+                data = data.replace(b"model_format: torchscript", b"model_format: onnx")
+            to.writestr(item, data)
+    with pytest.raises(KServeError, match=r"resnet18 \(onnx\).*Use RUNTIME=own"):
+        write_storage([onnx], tmp_path / "out", deployment("v2"))
+    own = Deployment("resnet-mar", "v2", "pvc://m/k", "1", "4Gi")
+    config = (REPO_ROOT / "config.properties").read_text()
+    written = write_storage([onnx], tmp_path / "own", own, config_text=config)
+    assert (tmp_path / "own" / "servingruntime.yaml") in written
+
+
 @pytest.mark.parametrize(
     ("change", "complaint"),
     [
         (lambda: deployment("v3"), "PROTOCOL must be one of"),
+        (lambda: Deployment("x", "v2", "pvc://a/b", "1", "1Gi", runtime="y"), "RUNTIME must"),
         (lambda: Deployment("x", "v2", "ftp://host/x", "1", "1Gi"), "not a storage KServe"),
     ],
 )

@@ -5,20 +5,19 @@ before it stops, and nothing of the server is left afterwards."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from resnet_mar.server_doors import REPO_ROOT, ServerFolder, host_and_port
+from resnet_mar.server_doors import REPO_ROOT, ServerFolder
 from resnet_mar.torchserve import ServerState, _members, config_with_free_ports, management_call
+from tests.flood import Flood
 from tests.reference import assert_same_answer, reference_answer
 
 pytestmark = pytest.mark.integration
@@ -37,47 +36,6 @@ def cli(*args: str, timeout: float = 420, cpus: str | None = None) -> subprocess
 def workers(endpoint: str) -> list[str]:
     _, described = management_call(endpoint, "GET", "/models/resnet18")
     return [worker["status"] for model in described for worker in model["workers"]]
-
-
-class Flood:
-    """Clients that open a connection per request until told to stop; each outcome is
-    "answered" (200), "door closed" (the connection was refused: the server stopped taking
-    requests), or what went wrong after a connection was accepted."""
-
-    def __init__(self, address: str, body: bytes, clients: int = 6) -> None:
-        self.host, self.port = host_and_port(address)
-        self.body = body
-        self.outcomes: list[str] = []
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._client) for _ in range(clients)]
-
-    def _client(self) -> None:
-        while not self.stopping.is_set():
-            connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
-            try:
-                connection.connect()
-            except ConnectionRefusedError:
-                self.outcomes.append("door closed")
-                time.sleep(0.05)
-                continue
-            try:
-                connection.request("PUT", "/predictions/resnet18", self.body)
-                status = connection.getresponse().status
-                self.outcomes.append("answered" if status == 200 else f"HTTP {status}")
-            except (OSError, http.client.HTTPException) as err:
-                self.outcomes.append(f"{type(err).__name__} after the connection was accepted")
-            finally:
-                connection.close()
-
-    def __enter__(self) -> Flood:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(120)
 
 
 def test_serve_scale_drain_and_stop(

@@ -1,5 +1,6 @@
-"""Check InferenceService documents against KServe's own schema: the ``kserve`` SDK's generated
-model classes (V1beta1InferenceService and everything below it, Kubernetes' own classes for
+"""Check InferenceService and ServingRuntime documents against KServe's own schema: the ``kserve``
+SDK's generated model classes (V1beta1InferenceService, V1alpha1ServingRuntime and everything
+below them, Kubernetes' own classes for
 metadata, resources, probes and env). Every key must be a field of its class and every value
 of the field's type, recursively: an unknown or misspelt key, or a wrong type, is an error.
 
@@ -66,13 +67,22 @@ def errors(value, type_name: str, path: str) -> list[str]:
     return found
 
 
+#: The documents make kserve writes: kind -> (apiVersion, the SDK's class).
+KINDS = {
+    "InferenceService": ("serving.kserve.io/v1beta1", "V1beta1InferenceService"),
+    "ServingRuntime": ("serving.kserve.io/v1alpha1", "V1alpha1ServingRuntime"),
+}
+
+
 def validate(document: dict) -> list[str]:
+    kind = document.get("kind")
+    if kind not in KINDS:
+        return [f"$.kind: {kind!r}"]
+    api_version, class_name = KINDS[kind]
     found = []
-    if document.get("apiVersion") != "serving.kserve.io/v1beta1":
+    if document.get("apiVersion") != api_version:
         found.append(f"$.apiVersion: {document.get('apiVersion')!r}")
-    if document.get("kind") != "InferenceService":
-        found.append(f"$.kind: {document.get('kind')!r}")
-    return found + errors(document, "V1beta1InferenceService", "$")
+    return found + errors(document, class_name, "$")
 
 
 if __name__ == "__main__":
