@@ -4,9 +4,12 @@ what then stays reachable; ISOLATION=namespace refuses, naming the real cause.""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -145,3 +148,67 @@ def test_make_serve_under_a_container_profile(
             capture_output=True, text=True, timeout=180, cwd=REPO_ROOT,
         )  # fmt: skip
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+@pytest.mark.integration
+def test_make_serve_as_another_user_under_a_container_profile(
+    model_store: Path, photo_bytes, references
+) -> None:
+    """As ``nobody`` under the same filter: serve starts with its warning, answers, and stops.
+    The venv's interpreter lives in root's home, out of another user's reach, so ``nobody`` runs
+    this machine's Python on the venv's packages (same CPython version), and TorchServe through
+    a ``torchserve`` that does the same."""
+    assert SYSTEM_PYTHON.exists(), f"{SYSTEM_PYTHON} is needed to serve as another user"
+    home = Path(tempfile.mkdtemp(prefix="serve-as-nobody-"))
+    try:
+        store = home / "store"
+        store.mkdir()
+        shutil.copy(model_store / "resnet18.mar", store)
+        config = home / "config.properties"
+        config.write_text(config_with_free_ports((REPO_ROOT / "config.properties").read_text()))
+        launcher = home / "bin" / "torchserve"
+        launcher.parent.mkdir()
+        launcher.write_text(
+            f"#!/bin/sh\nexec {SYSTEM_PYTHON} -c 'import sys; from ts.model_server import start; "
+            'sys.exit(start())\' "$@"\n'
+        )
+        launcher.chmod(0o755)
+        for path in [home, *home.rglob("*")]:
+            os.chown(path, NOBODY, NOBODY)
+        site = sysconfig.get_paths()["purelib"]
+        env = {
+            **os.environ,
+            "HOME": str(home),
+            "PATH": f"{launcher.parent}:{os.environ['PATH']}",
+            "PYTHONPATH": os.pathsep.join([site, str(REPO_ROOT), str(REPO_ROOT / "handlers")]),
+        }
+
+        def cli(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [str(SYSTEM_PYTHON), "-m", "resnet_mar", *args], cwd=home, env=env,
+                capture_output=True, text=True, timeout=420, preexec_fn=forbid_unshare,
+                user=NOBODY, group=NOBODY, extra_groups=[],
+            )  # fmt: skip
+
+        folder = ServerFolder(home / "run")
+        served = cli("serve", "--config", str(config), "--model-store", str(store),
+                     "--folder", str(folder.root))  # fmt: skip
+        try:
+            assert served.returncode == 0, served.stdout + served.stderr
+            (warning,) = [line for line in served.stderr.splitlines() if "warning:" in line]
+            assert "seccomp filter" in warning
+            state = ServerState.load(folder)
+            answer = requests.put(
+                f"{state.endpoints.inference}/predictions/resnet18",
+                data=photo_bytes["rocket"],
+                timeout=120,
+            )
+            model, labels = references["resnet18"]
+            assert_same_answer(
+                answer.json(), reference_answer(model, labels, photo_bytes["rocket"])
+            )
+        finally:
+            stopped = cli("stop", "--folder", str(folder.root))
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
