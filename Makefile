@@ -38,7 +38,16 @@ STAMP := $(VENV)/.installed
 NAMES := $(or $(NAME),$(MODELS))
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help setup host-tools container-tools labels script archive serve stop kserve image test test-container lint bench clean FORCE
+# A venv whose interpreter does not run here (a checkout copied from another user, whose
+# Python this user cannot read; a removed Python) is rebuilt, saying why.
+ifneq ($(wildcard $(BIN)/python),)
+ifneq ($(shell $(BIN)/python -c 'print(1)' 2>/dev/null),1)
+$(info setup: $(VENV)/bin/python does not run for this user ($(shell readlink -f $(BIN)/python)): rebuilding $(VENV))
+$(shell rm -rf $(VENV))
+endif
+endif
+
+.PHONY: help setup host-tools container-tools labels script archive serve stop kserve image check test test-container lint bench clean FORCE
 
 help: ## list targets and variables
 	@echo "Targets:"
@@ -168,6 +177,11 @@ $(CLIENTS)/%/.installed: tests/clients/%-requirements.txt
 	$(CLIENTS)/$*/bin/pip install --quiet --upgrade pip
 	$(CLIENTS)/$*/bin/pip install --quiet -r $<
 	@touch $@
+
+check: $(STAMP) ## ruff and the tests that need neither TorchServe nor a model build (the fast loop)
+	$(BIN)/ruff check resnet_mar handlers tests
+	$(BIN)/ruff format --check resnet_mar handlers tests
+	$(BIN)/pytest --fast -q $(PYTEST_ARGS)
 
 test: setup $(CLIENT_VENVS) ## ruff (lint and format), unit tests, integration tests against a real TorchServe
 	$(BIN)/ruff check resnet_mar handlers tests

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -140,7 +141,11 @@ def cmd_stop(args: argparse.Namespace) -> None:
 
     folder = ServerFolder(args.folder.resolve())
     if not folder.state.exists():
-        raise ServerError(f"no server runs from {folder.root}")
+        leftovers = folder.tmp.exists()
+        shutil.rmtree(folder.tmp, ignore_errors=True)
+        removed = f"; removed its temporary files ({folder.tmp})" if leftovers else ""
+        print(f"stop: no server runs from {folder.root}{removed}")
+        return
     report = stop_server(ServerState.load(folder), drain_s=args.drain)
     print(f"stop: {report}; nothing of it is left running")
 

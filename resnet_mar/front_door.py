@@ -456,12 +456,18 @@ async def run(args: argparse.Namespace) -> None:
     registry = ModelRegistry(UnixHTTP(args.management), args.model_store)
     door = FrontDoor(args.inference, registry)
     host, port = host_port(args.listen)
-    server = await asyncio.start_server(door.serve, host, port, limit=MAX_HEAD, backlog=1024)
+    try:
+        server = await asyncio.start_server(door.serve, host, port, limit=MAX_HEAD, backlog=1024)
+    except OSError as err:
+        raise SystemExit(f"front door: cannot listen on {args.listen}: {err.strerror}") from None
     grpc_server = None
     if args.grpc:
         from resnet_mar.oip_grpc import grpc_server as make_grpc_server
 
-        grpc_server = make_grpc_server(args.grpc, UnixHTTP(args.inference), registry)
+        try:
+            grpc_server = make_grpc_server(args.grpc, UnixHTTP(args.inference), registry)
+        except OSError as err:
+            raise SystemExit(f"front door: {err}") from None
         await grpc_server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -285,7 +285,6 @@ def start_server(
             command, cwd=folder.root, env=env, stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    forwarders = [_start_forwarder(door, command, folder) for door, command in commands.items()]
     management = (
         f"unix:{folder.socket('management')}" if isolated else _address(config_text, "management")
     )
@@ -295,8 +294,16 @@ def start_server(
         management=management,
         grpc=grpc or "",
     )
-    state = ServerState(str(folder.root), endpoints, process.pid, [f.pid for f in forwarders])
+    state = ServerState(str(folder.root), endpoints, process.pid)
     state.save()
+    try:
+        for door, command in commands.items():
+            state.forwarders.append(_start_forwarder(door, command, folder).pid)
+            state.save()
+    except ServerError:
+        # A door that cannot open (its port taken): nothing of the server may outlive the error.
+        stop_server(state, drain_s=0, exit_s=10)
+        raise
     exposure = without_namespace(config_text, no_namespace) if no_namespace else ""
     return RunningServer(state, process, exposure)
 
@@ -362,6 +369,8 @@ def stop_server(state: ServerState, *, drain_s: float = 30, exit_s: float = 30) 
 
 def _drain(management: str, timeout_s: float) -> tuple[int, bool]:
     """Wait until no request is queued (and the batch a worker holds had time to finish)."""
+    if timeout_s <= 0:
+        return 0, False
     try:
         first = pending_requests(management)
     except (OSError, http.client.HTTPException, ValueError):

@@ -20,6 +20,34 @@ from tests.reference import load_archive_reference
 from tests.served_models import MODELS, VERSION, build_served_models
 from tests.server_probes import worker_pids
 
+#: Fixtures that build models or start TorchServe: ``--fast`` (make check) leaves their tests out.
+HEAVY_FIXTURES = {"build_dir", "model_store", "server", "references", "handler_and_context"}
+#: Markers of tests that do either themselves.
+HEAVY_MARKERS = ("integration", "container", "builds")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="only the tests that need neither TorchServe nor a model build (make check)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With --fast, deselect (and count as deselected, never skipped) the heavy tests."""
+    if not config.getoption("--fast"):
+        return
+    heavy = [
+        item
+        for item in items
+        if any(item.get_closest_marker(marker) for marker in HEAVY_MARKERS)
+        or HEAVY_FIXTURES & set(getattr(item, "fixturenames", ()))
+    ]
+    if heavy:
+        config.hook.pytest_deselected(items=heavy)
+        items[:] = [item for item in items if item not in heavy]
+
 
 @pytest.fixture(scope="session")
 def photos() -> dict[str, Path]:

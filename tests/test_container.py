@@ -294,16 +294,17 @@ def kserve_client(venv: str, script: str, job: object) -> object:
     return json.loads(done.stdout)
 
 
-def test_kserve_own_runtime_as_its_yaml_runs_it(image, archives, photo_bytes, container):
-    """make kserve (RUNTIME=own): both YAMLs pass the kserve SDK's schema; the runtime's
-    container is run as the YAML says (image, args, env, ports, CPU and memory limits, storage
-    at /mnt/models) and driven by tritonclient and KServe's SDK with their defaults."""
-    deployment = Deployment("resnet-mar", "v2", "pvc://m/k", "1", "4Gi", image=image)
-    mounted = storage(archives["int8"], deployment)
+def run_runtime_yaml(image: str, archive: Path, protocol: str, started: list) -> tuple:
+    """make kserve's YAMLs for ``protocol`` (checked against the kserve SDK's schema), and the
+    runtime's container run as they say: image, args, env, ports, CPU and memory limits,
+    storage at /mnt/models. The container and the port it publishes."""
+    deployment = Deployment("resnet-mar", protocol, "pvc://m/k", "1", "4Gi", image=image)
+    mounted = storage(archive, deployment)
     runtime = yaml.safe_load((mounted / "servingruntime.yaml").read_text())
     service = yaml.safe_load((mounted / "inferenceservice.yaml").read_text())
     assert kserve_client("kserve", "validate_isvc.py", [service, runtime]) == [[], []]
     assert service["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]
+    assert service["spec"]["predictor"]["model"]["protocolVersion"] == protocol
     (spec,) = runtime["spec"]["containers"]
     options = [f"-e={e['name']}={e['value']}" for e in spec.get("env", [])]
     options += [f"--cpus={spec['resources']['limits']['cpu']}",
@@ -311,29 +312,71 @@ def test_kserve_own_runtime_as_its_yaml_runs_it(image, archives, photo_bytes, co
                 f"-v={mounted}:/mnt/models:ro"]  # fmt: skip
     if spec.get("command"):
         options.append(f"--entrypoint={json.dumps(spec['command'])}")
-    ports = tuple(port["containerPort"] for port in spec["ports"])
-    one = Container(spec["image"], *options, *spec.get("args", []), ports=ports)
-    container.append(one)
-    logs = one.wait_ready()
-    assert "(int8): 1000 classes, threads=1," in logs  # the CPU limit: a cgroup quota of 1
+    (port,) = [p["containerPort"] for p in spec["ports"]]
+    one = Container(spec["image"], *options, *spec.get("args", []), ports=(port,))
+    started.append(one)
+    assert "(int8): 1000 classes, threads=1," in one.wait_ready()  # --cpus 1: a quota of 1
+    return one, port
+
+
+def test_kserve_own_runtime_over_http(image, archives, photo_bytes, container) -> None:
+    """The v2 YAML's container, driven by tritonclient (binary defaults) and KServe's SDK (v1,
+    and v2 with binary tensors): answers equal the in-process model's, a broken image is the
+    handler's 4xx (not the 500 KServe's model server would make of it)."""
+    one, port = run_runtime_yaml(image, archives["int8"], "v2", container)
     photos = [photo_bytes["rocket"], photo_bytes["chelsea"], photo_bytes["coffee"]]
-    url = one.url(ports[0])
+    expected = [reference(archives["int8"], "int8", photo) for photo in photos]
     images = [base64.b64encode(p).decode() for p in photos]
+    broken = base64.b64encode(photos[0][:4000]).decode()
+    url = one.url(port)
     found = kserve_client("triton", "triton_defaults.py", {
         "url": url.removeprefix("http://"), "model": "resnet18",
         "requests": [{"images": images, "topk": 5}],
     })  # fmt: skip
     assert found["health"]["model_ready"] == {"answer": True}
     (result,) = found["results"]
-    for row, photo in enumerate(photos):
-        expected = reference(archives["int8"], "int8", photo)
-        assert_same_answer(dict(zip(result["labels"][row], result["probabilities"][row],
-                                    strict=True)), expected, 2e-4)  # fmt: skip
-    v1 = kserve_client("kserve", "kserve_rest.py", {
-        "base_url": url, "model": "resnet18", "protocol": "v1",
-        "requests": [{"images": images[:1], "topk": 5, "id": "v1"},
-                     {"images": [base64.b64encode(photos[0][:4000]).decode()], "id": "bad"}],
+    for row, want in enumerate(expected):
+        served = dict(zip(result["labels"][row], result["probabilities"][row], strict=True))
+        assert_same_answer(served, want, 2e-4)
+    for protocol in ("v1", "v2"):
+        answers = kserve_client("kserve", "kserve_rest.py", {
+            "base_url": url, "model": "resnet18", "protocol": protocol, "binary": True,
+            "requests": [{"images": images[:1], "topk": 5, "id": "one"},
+                         {"images": [broken], "id": "bad"}],
+        })  # fmt: skip
+        if protocol == "v1":
+            assert_same_answer(answers[0]["predictions"][0], expected[0], 2e-4)
+        else:
+            outputs = answers[0]["outputs"]
+            served = dict(zip(outputs["labels"]["data"], outputs["probabilities"]["data"],
+                              strict=True))  # fmt: skip
+            assert_same_answer(served, expected[0], 2e-4)
+        assert answers[1]["status"] == 400 and "TruncatedImage" in answers[1]["error"]
+
+
+def test_kserve_own_runtime_over_grpc(image, archives, photo_bytes, container) -> None:
+    """The grpc-v2 YAML's container (its h2c port), driven by tritonclient[grpc] and KServe's
+    InferenceGRPCClient: health, answers equal the in-process model's, a broken image is
+    INVALID_ARGUMENT with the handler's message."""
+    one, port = run_runtime_yaml(image, archives["int8"], "grpc-v2", container)
+    photos = [photo_bytes["rocket"], photo_bytes["chelsea"]]
+    images = [base64.b64encode(p).decode() for p in photos]
+    broken = base64.b64encode(photos[0][:4000]).decode()
+    address = f"127.0.0.1:{one.port[port]}"
+    found = kserve_client("triton", "triton_grpc.py", {
+        "url": address, "model": "resnet18", "version": "",
+        "requests": [{"images": images, "topk": 5}, {"images": [images[0], broken]}],
     })  # fmt: skip
-    assert_same_answer(v1[0]["predictions"][0], reference(archives["int8"], "int8", photos[0]),
-                       2e-4)  # fmt: skip
-    assert v1[1]["status"] == 400 and "TruncatedImage" in v1[1]["error"]  # a 4xx, not a 500
+    assert found["health"]["model_ready"] == {"answer": True}
+    good, bad = found["results"]
+    for row, photo in enumerate(photos):
+        served = dict(zip(good["labels"][row], good["probabilities"][row], strict=True))
+        assert_same_answer(served, reference(archives["int8"], "int8", photo), 2e-4)
+    assert bad["status"] == "StatusCode.INVALID_ARGUMENT" and "TruncatedImage" in bad["error"]
+    sdk = kserve_client("kserve", "kserve_grpc.py", {
+        "url": address, "model": "resnet18", "requests": [{"images": images[:1], "id": "g"}],
+    })  # fmt: skip
+    assert (sdk["live"], sdk["ready"], sdk["model_ready"]) == (True, True, True)
+    outputs = sdk["results"][0]["outputs"]
+    served = dict(zip(outputs["labels"]["data"], outputs["probabilities"]["data"], strict=True))
+    assert_same_answer(served, reference(archives["int8"], "int8", photos[0]), 2e-4)

@@ -30,6 +30,8 @@ from resnet_mar.weights import STANDARD_IMAGENET, load_weights, reference_transf
 from tests.odd_images import VALID_NAMES, broken_inputs, encode, small_photo, valid_images
 from tests.reference import reference_answer
 
+pytestmark = pytest.mark.builds  # builds models itself: left out of make check
+
 CLASSIFY = REPO_ROOT / "build" / "classify"
 
 #: What build/classify achieves: crops bit-identical to Pillow's, so the model gets the same

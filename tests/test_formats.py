@@ -19,6 +19,8 @@ from resnet_mar.build import BuildError, BuildRequest, BuildResult, build_model
 from resnet_mar.weights import load_weights, sha256_of
 from tests.fake_context import initialized_handler, unpacked_build
 
+pytestmark = pytest.mark.builds  # builds models itself: left out of make check
+
 #: Format -> the suffix archive.sh finds it by. AOTInductor compiles C++ for ~15-30 s on two
 #: cores for resnet18: slow, but well within a default test run.
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "aoti": ".pt2", "openvino": ".onnx"}

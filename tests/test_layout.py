@@ -37,3 +37,19 @@ def test_the_readme_layout_is_the_tree() -> None:
     assert named == top, (
         f"README lists {sorted(named - top)} that do not exist; misses {sorted(top - named)}"
     )
+
+
+def test_the_readme_variables_are_make_helps() -> None:
+    """README's variables table names exactly the variables ``make help`` lists."""
+    helped = subprocess.run(
+        ["make", "--no-print-directory", "help"], capture_output=True, text=True, cwd=REPO_ROOT
+    ).stdout.split("Variables", 1)[1]
+    listed = set(re.findall(r"(?:^|\s)([A-Z][A-Z0-9_]+)=", helped))
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme.split("| variable | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    named = {
+        name
+        for row in table.splitlines()[2:]
+        for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split("|")[1])
+    }
+    assert named == listed, f"README lacks {listed - named}; make help lacks {named - listed}"

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
-from resnet_mar.server_doors import REPO_ROOT, ServerFolder
+from resnet_mar.server_doors import REPO_ROOT, ServerFolder, config_addresses, host_and_port
 from resnet_mar.torchserve import ServerState, _members, config_with_free_ports, management_call
 from tests.flood import Flood
 from tests.reference import assert_same_answer, reference_answer
@@ -92,4 +94,32 @@ def test_serve_scale_drain_and_stop(
     assert failed == [], f"{len(failed)} accepted requests failed: {failed[:5]}"
     assert not any(_members(group) for group in groups)
     assert not folder.tmp.exists() and not folder.state.exists()
-    assert cli("stop", "--folder", str(folder.root)).returncode == 2
+    again = cli("stop", "--folder", str(folder.root))  # idempotent: nothing left to stop
+    assert again.returncode == 0 and "no server runs from" in again.stdout
+
+
+def test_a_taken_port_fails_the_start_and_leaves_nothing_running(
+    model_store: Path, tmp_path: Path
+) -> None:
+    """The inference port already taken: serve fails saying so, and no process of the server
+    (Java, its workers, a door) outlives the failure."""
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(model_store / "resnet18.mar", store)
+    config = tmp_path / "config.properties"
+    config.write_text(config_with_free_ports((REPO_ROOT / "config.properties").read_text()))
+    folder = ServerFolder(tmp_path / "run")
+    host, port = host_and_port(config_addresses(config.read_text())["inference"])
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind((host, port))
+        taken.listen()
+        served = cli(
+            "serve", "--config", str(config), "--model-store", str(store), "--folder",
+            str(folder.root),
+        )  # fmt: skip
+    assert served.returncode == 2 and "inference" in served.stderr, served.stderr
+    assert not folder.state.exists()
+    time.sleep(1)
+    left = [p.pid for p in psutil.process_iter(["cwd"]) if p.info["cwd"] == str(folder.root)]
+    assert left == [], f"processes of the failed server still run: {left}"

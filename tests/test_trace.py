@@ -28,6 +28,8 @@ from resnet_mar.weights import STANDARD_IMAGENET, load_weights
 from tests.fake_context import initialized_handler, unpacked_model_dir
 from tests.reference import assert_same_answer, reference_answer
 
+pytestmark = pytest.mark.builds  # builds models itself: left out of make check
+
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:

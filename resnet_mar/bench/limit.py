@@ -157,7 +157,7 @@ def one_thread_limit(
     *,
     min_time_s: float = 2.0,
 ) -> float:
-    """The file on one thread at the limit's best batch and layout (issue 10): the limit over
+    """The file on one thread at the limit's best batch and layout: the limit over
     cores x this is how well one worker's threads scale, the figure that says whether more
     workers with fewer threads each would pay on a machine with more cores. torch's thread
     count is put back afterwards (the loader sets it)."""

@@ -103,7 +103,7 @@ def of_peak(
 
 
 def scaling(name: str, fmt: str, limit: InProcessLimit) -> list[str]:
-    """The limit on one thread against all of them (issue 10)."""
+    """The limit on one thread against all of them."""
     one = limit.one_thread_img_per_s
     efficiency = thread_scaling(limit)
     if one is None or efficiency is None:
@@ -116,7 +116,7 @@ def scaling(name: str, fmt: str, limit: InProcessLimit) -> list[str]:
 
 
 def preprocessing_at_int8(name: str, model: ModelResults) -> list[str]:
-    """What exact preprocessing weighs once inference runs at int8 speed (issue 12)."""
+    """What exact preprocessing weighs once inference runs at int8 speed."""
     limit = model.in_process.get("int8")
     if limit is None or model.preprocessing_ms is None:
         return []
@@ -130,7 +130,7 @@ def preprocessing_at_int8(name: str, model: ModelResults) -> list[str]:
 
 
 def v2_against_predictions(name: str, model: ModelResults) -> list[str]:
-    """The Open Inference Protocol against /predictions, same archive and clients (issue 11)."""
+    """The Open Inference Protocol against /predictions, same archive and clients."""
     v2 = model.point(V2, HEADLINE_CONCURRENCY)
     predictions = model.point(ours("torchscript"), HEADLINE_CONCURRENCY)
     if v2 is None or predictions is None or not predictions.load.throughput_rps:

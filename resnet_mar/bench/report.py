@@ -61,7 +61,7 @@ def render(results: Results) -> str:
 
 def summary(results: Results) -> list[str]:
     """What the run prints at its end: the headline, the notes and the other load."""
-    lines = ["", "Headline (targets of issues 4 and 12):"]
+    lines = ["", "Headline (the targets):"]
     for r in headline(results):
         verdict = "PASS" if r.passed else "FAIL"
         lines.append(f"  {verdict}  {r.model:9s} {r.check}: {shown(r.value)} (target {r.target})")

@@ -19,7 +19,7 @@ from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 HEADLINE_CONCURRENCY = 16
 #: The stock setup's label; ours are ``ours-<format>`` (:func:`ours`).
 STOCK = "stock"
-#: Our TorchScript archive asked over the Open Inference Protocol (issue 11).
+#: Our TorchScript archive asked over the Open Inference Protocol.
 V2 = "ours-torchscript-v2"
 
 #: The quality gate the benchmark's int8 builds pass. Its models are untrained (speed does not

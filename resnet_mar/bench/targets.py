@@ -6,15 +6,15 @@ applicable (model, format) gives one row, and a figure the run did not measure g
 that says so: a broken measurement must not look like a target that needs no checking. A format
 the run did not serve gives no rows.
 
-Where each target comes from, every one applying to every model:
+The targets, every one applying to every model:
 
-* issue 4: served at 16 clients / the in-process limit >= 0.85, p50 at one client minus the
+* serving: served at 16 clients / the in-process limit >= 0.85, p50 at one client minus the
   in-process batch-1 latency <= 10 ms, no errors (each format); ours / stock >= 4 (TorchScript);
   served ONNX / served TorchScript >= 1.5;
-* issue 12: served int8 / the int8 limit with exact preprocessing >= 0.85 (what a server with no
-  cost of its own could reach once decoding, not inference, is most of the CPU); served int8 /
-  the FP32 TorchScript limit >= 1.8; served OpenVINO FP32 / served TorchScript >= 1.0 (else the
-  report must say why it is not the default).
+* int8 and OpenVINO: served int8 / the int8 limit with exact preprocessing >= 0.85 (what a
+  server with no cost of its own could reach once decoding, not inference, is most of the CPU);
+  served int8 / the FP32 TorchScript limit >= 1.8; served OpenVINO FP32 / served TorchScript
+  >= 1.0 (else the report must say why it is not the default).
 """
 
 from __future__ import annotations
@@ -154,8 +154,7 @@ def over_torchscript_limit(results: Results, name: str, fmt: str) -> float | Non
     return point.load.throughput_rps / limit.limit_img_per_s
 
 
-#: Targets checked for each served format, format by format (issue 4; the one with
-#: preprocessing, issue 12).
+#: Targets checked for each served format, format by format (the one with preprocessing: int8).
 FORMAT_TARGETS = (
     Target("served c{c} / in-process limit ({fmt})", served_over_limit, ">=", 0.85),
     Target("p50 c1 - in-process batch-1 latency, ms ({fmt})", c1_overhead_ms, "<=", 10.0),
@@ -168,8 +167,7 @@ FORMAT_TARGETS = (
         formats=("int8",),
     ),
 )
-#: Targets comparing one setup with another, after a model's format targets (the first two,
-#: issue 4; the others, issue 12).
+#: Targets comparing one setup with another, after a model's format targets.
 COMPARISON_TARGETS = (
     Target("ours / stock throughput at c{c}", ours_over_stock, ">=", 4.0, formats=("torchscript",)),
     Target(
