@@ -88,12 +88,11 @@ def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     namespace, forwarded doors, management on an owner-only socket); always stopped."""
     workdir = tmp_path_factory.mktemp("torchserve")
     with private_server(model_store, MODELS, workdir=workdir, timeout_s=300) as running:
+        started = worker_pids(running)
         yield running
-
-
-@pytest.fixture(scope="session")
-def pids_at_start(server: RunningServer) -> dict[str, list[int]]:
-    return worker_pids(server)
+        # Whatever order the suites ran in: every odd, broken, oversized and concurrent request
+        # they sent left the workers that were started with the server (an error at teardown).
+        assert worker_pids(running) == started, "a worker died or restarted during the suite"
 
 
 @pytest.fixture(scope="session")

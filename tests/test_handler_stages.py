@@ -192,24 +192,48 @@ def test_poisoned_options_fail_only_their_own_request(
     assert_same_answer(answers[3], reference_answer(model, labels, photo, topk=2))
 
 
+@pytest.mark.parametrize("stage", ["_read", "decode_images", "encode_answer"])
 def test_an_unexpected_error_in_one_request_is_its_own_400(
-    handler_and_context, photo_bytes, monkeypatch
+    handler_and_context, photo_bytes, monkeypatch, stage
 ) -> None:
-    """Whatever raises while one request is read, decoded or answered stays that request's."""
+    """Whatever raises while one request is read, decoded or answered stays that request's:
+    a bug is injected into each stage in turn, reached by the first request's data only."""
+    import resnet_handler
+
     handler, context = handler_and_context
-    real_read = handler._read
+    poisoned = photo_bytes["chelsea"]
+    if stage == "_read":
+        real_read = handler._read
 
-    def read(request, headers):
-        if "boom" in request:
-            raise RuntimeError("a bug reached by this request's data")
-        return real_read(request, headers)
+        def read(request, headers):
+            if request.get("body") == poisoned:
+                raise RuntimeError("a bug reached by this request's data")
+            return real_read(request, headers)
 
-    monkeypatch.setattr(handler, "_read", read)
-    context.headers, context.statuses = [{}, {}], {}
-    answers = handler.handle([{"boom": b"1"}, {"body": photo_bytes["coffee"]}], context)
+        monkeypatch.setattr(handler, "_read", read)
+    elif stage == "decode_images":
+        real_decode = resnet_handler.decode_image
+
+        def decode(data, settings):
+            if data == poisoned:
+                raise RuntimeError("a bug reached by this request's data")
+            return real_decode(data, settings)
+
+        monkeypatch.setattr(resnet_handler, "decode_image", decode)
+    else:
+        real_encode = resnet_handler.encode_answer
+
+        def encode(request, rows, labels, identity):
+            if request.topk == 3:  # the poisoned request asks for 3
+                raise RuntimeError("a bug reached by this request's data")
+            return real_encode(request, rows, labels, identity)
+
+        monkeypatch.setattr(resnet_handler, "encode_answer", encode)
+    context.headers, context.statuses = [{"X-TopK": "3"}, {}], {}
+    answers = handler.handle([{"body": poisoned}, {"body": photo_bytes["coffee"]}], context)
     assert context.statuses == {0: (400, "InvalidRequest")}
     assert "RuntimeError" in answers[0]["message"]
-    assert set(context.statuses) == {0} and len(answers[1]) == 5
+    assert len(answers[1]) == 5
 
 
 def test_handler_refuses_a_label_map_that_does_not_fit_the_model(build_dir, tmp_path) -> None:
@@ -244,7 +268,8 @@ def test_handler_logs_the_worker_environment_it_lacks(
 
 
 def test_archive_reference_helper_reads_the_same_model(build_dir, photo_bytes) -> None:
-    """Guards the test helper itself: a different model gives a different answer."""
+    """Guards the test helper itself: the model it reads back from an archive answers exactly
+    as the file packed into it, and a different model does not."""
     import zipfile
 
     mar = build_dir / "fake.mar"
@@ -252,11 +277,12 @@ def test_archive_reference_helper_reads_the_same_model(build_dir, photo_bytes) -
         archive.write(build_dir / "resnet18.pt", "resnet18.pt")
         archive.write(build_dir / "resnet18" / "index_to_name.json", "index_to_name.json")
     model, labels = load_archive_reference(mar, "resnet18.pt")
+    packed = torch.jit.load(str(build_dir / "resnet18.pt")).eval()
     other = torch.jit.load(str(build_dir / "resnet50.pt")).eval()
     ours = reference_answer(model, labels, photo_bytes["coffee"])
-    theirs = reference_answer(other, labels, photo_bytes["coffee"])
+    assert ours == reference_answer(packed, labels, photo_bytes["coffee"])
     with pytest.raises(AssertionError):
-        assert_same_answer(ours, theirs)
+        assert_same_answer(ours, reference_answer(other, labels, photo_bytes["coffee"]))
 
 
 def test_torchserve_finds_the_handler_class_as_its_entry_point() -> None:

@@ -172,3 +172,19 @@ def test_worker_sockets_and_extracted_archives_stay_in_the_servers_folder(
     assert list(tmp.glob(".ts.sock.*")), f"no worker socket in {tmp}"
     assert list((tmp / "models").glob("*/MAR-INF/MANIFEST.json"))
     assert json.loads((server.folder.logs / "..").joinpath("server.json").read_text())
+    # Nothing of it lands in the shared /tmp: each worker's socket (its command line) and every
+    # file the server's processes hold open is in its own folder.
+    pids = [pid for found in worker_pids(server).values() for pid in found]
+    for pid in pids:
+        argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        socket_name = argv[argv.index("--sock-name") + 1]
+        assert Path(socket_name).parent == tmp, socket_name
+    shared = Path("/tmp").resolve()
+    for pid in [java_pid(server), *pids]:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("/"):
+                path = Path(target)
+                assert shared not in path.parents or server.folder.root in path.parents, (
+                    f"process {pid} holds {target} in the shared /tmp"
+                )

@@ -56,38 +56,52 @@ def test_serve_scale_drain_and_stop(
         "serve", "--config", str(config), "--model-store", str(store), "--folder",
         str(folder.root), cpus="0",
     )  # fmt: skip
-    assert served.returncode == 0, served.stdout + served.stderr
-    state = ServerState.load(folder)
-    assert f"curl -T photo.jpg {state.endpoints.inference}/predictions/resnet18" in served.stdout
-    assert f"stop: make stop RUN={folder.root}" in served.stdout  # the folder it must stop
+    try:
+        assert served.returncode == 0, served.stdout + served.stderr
+        state = ServerState.load(folder)
+        assert (
+            f"curl -T photo.jpg {state.endpoints.inference}/predictions/resnet18" in served.stdout
+        )
+        assert f"stop: make stop RUN={folder.root}" in served.stdout  # the folder it must stop
 
-    # Built here on 2 CPUs, served on one: the worker resolves one thread, answers unchanged.
-    model_log = (folder.logs / "model_log.log").read_text(errors="replace")
-    assert "(torchscript): 1000 classes, threads=1," in model_log
-    model, labels = references["resnet18"]
-    answer = requests.put(
-        f"{state.endpoints.inference}/predictions/resnet18", data=photo_bytes["coffee"], timeout=120
-    )
-    assert_same_answer(answer.json(), reference_answer(model, labels, photo_bytes["coffee"]))
-    again = cli(
-        "serve", "--config", str(config), "--model-store", str(store), "--folder", str(folder.root)
-    )
-    assert again.returncode == 2 and "already runs" in again.stderr
+        # Built here on 2 CPUs, served on one: the worker resolves one thread, answers unchanged.
+        model_log = (folder.logs / "model_log.log").read_text(errors="replace")
+        assert "(torchscript): 1000 classes, threads=1," in model_log
+        model, labels = references["resnet18"]
+        answer = requests.put(
+            f"{state.endpoints.inference}/predictions/resnet18",
+            data=photo_bytes["coffee"],
+            timeout=120,
+        )
+        assert_same_answer(answer.json(), reference_answer(model, labels, photo_bytes["coffee"]))
+        again = cli(
+            "serve",
+            "--config",
+            str(config),
+            "--model-store",
+            str(store),
+            "--folder",
+            str(folder.root),
+        )
+        assert again.returncode == 2 and "already runs" in again.stderr
 
-    # The owner scales through the socket (what an operator does: README "Security").
-    scale = "/models/resnet18?min_worker={n}&max_worker={n}&synchronous=true"
-    assert management_call(state.endpoints.management, "PUT", scale.format(n=2), 120)[0] == 200
-    assert workers(state.endpoints.management) == ["READY", "READY"]
-    assert management_call(state.endpoints.management, "PUT", scale.format(n=1), 120)[0] == 200
-    assert workers(state.endpoints.management) == ["READY"]
+        # The owner scales through the socket (what an operator does: README "Security").
+        scale = "/models/resnet18?min_worker={n}&max_worker={n}&synchronous=true"
+        assert management_call(state.endpoints.management, "PUT", scale.format(n=2), 120)[0] == 200
+        assert workers(state.endpoints.management) == ["READY", "READY"]
+        assert management_call(state.endpoints.management, "PUT", scale.format(n=1), 120)[0] == 200
+        assert workers(state.endpoints.management) == ["READY"]
 
-    groups = [state.group, *state.forwarders]
-    with Flood(state.endpoints.inference, photo_bytes["rocket"]) as flood:
-        time.sleep(3)
-        stopped = cli("stop", "--folder", str(folder.root), timeout=120)
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    assert "queue drained" in stopped.stdout and "nothing of it is left" in stopped.stdout
+        groups = [state.group, *state.forwarders]
+        with Flood(state.endpoints.inference, photo_bytes["rocket"]) as flood:
+            time.sleep(3)
+            stopped = cli("stop", "--folder", str(folder.root), timeout=120)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert "queue drained" in stopped.stdout and "nothing of it is left" in stopped.stdout
 
+    finally:
+        if folder.state.exists():  # a failure above must not leave the server running
+            cli("stop", "--folder", str(folder.root), timeout=120)
     answered = flood.outcomes.count("answered")
     failed = [o for o in flood.outcomes if o not in ("answered", "door closed")]
     assert answered > 0 and "door closed" in flood.outcomes, flood.outcomes
