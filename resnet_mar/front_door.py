@@ -43,6 +43,8 @@ IDLE_TIMEOUT_S = 60.0
 WHOLE_BODY = 16 * 1024 * 1024
 #: Worker states are asked of TorchServe at most this often (health checks can be frequent).
 STATE_TTL_S = 0.5
+#: What the door prints once every port of it listens (its starter waits for it).
+LISTENING = "front door: listening"
 #: Each archive's format, as the protocol's "platform" names it.
 PLATFORMS = {
     "torchscript": "pytorch_torchscript",
@@ -456,12 +458,8 @@ async def run(args: argparse.Namespace) -> None:
     registry = ModelRegistry(UnixHTTP(args.management), args.model_store)
     door = FrontDoor(args.inference, registry)
     host, port = host_port(args.listen)
-    try:
-        server = await asyncio.start_server(door.serve, host, port, limit=MAX_HEAD, backlog=1024)
-    except OSError as err:
-        raise SystemExit(f"front door: cannot listen on {args.listen}: {err.strerror}") from None
     grpc_server = None
-    if args.grpc:
+    if args.grpc:  # first: once the HTTP door accepts, both are open
         from resnet_mar.oip_grpc import grpc_server as make_grpc_server
 
         try:
@@ -469,12 +467,16 @@ async def run(args: argparse.Namespace) -> None:
         except OSError as err:
             raise SystemExit(f"front door: {err}") from None
         await grpc_server.start()
+    try:
+        server = await asyncio.start_server(door.serve, host, port, limit=MAX_HEAD, backlog=1024)
+    except OSError as err:
+        raise SystemExit(f"front door: cannot listen on {args.listen}: {err.strerror}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    print(f"front door: HTTP on {args.listen}" + (f", gRPC on {args.grpc}" if args.grpc else ""),
-          flush=True)  # fmt: skip
+    grpc = f", gRPC on {args.grpc}" if args.grpc else ""
+    print(f"{LISTENING}: HTTP on {args.listen}{grpc}", flush=True)
     await stop.wait()
     server.close()  # the listener first: new connections are refused from here on
     if grpc_server is not None:

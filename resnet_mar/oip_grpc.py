@@ -176,7 +176,8 @@ def grpc_server(address: str, upstream: UnixHTTP, registry: ModelRegistry) -> gr
     limit = 16 * 1024 * 1024
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", limit),
-                 ("grpc.max_send_message_length", limit)]
+                 ("grpc.max_send_message_length", limit),
+                 ("grpc.so_reuseport", 0)]  # a taken port is an error, never a shared one
     )  # fmt: skip
     pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         OpenInferenceService(upstream, registry), server

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resnet_mar.front_door import LISTENING
 from resnet_mar.server_doors import (
     REPO_ROOT,
     DoorError,
@@ -309,15 +310,22 @@ def start_server(
 
 
 def _start_forwarder(door: str, command: list[str], folder: ServerFolder) -> subprocess.Popen:
-    with open(folder.logs / f"forwarder-{door}.out", "wb") as output:
+    """Start a door's relay and return once it listens (the front door says so in its log once
+    every port of it is bound; socat binds at once), or fail with what it said on exiting."""
+    log = folder.logs / f"forwarder-{door}.out"
+    with open(log, "wb") as output:
         forwarder = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
-    time.sleep(0.2)
-    if forwarder.poll() is not None:
-        log = (folder.logs / f"forwarder-{door}.out").read_text(errors="replace")
-        raise ServerError(f"the {door} forwarder ({' '.join(command)}) exited: {log.strip()}")
-    return forwarder
+    deadline = time.monotonic() + (30 if door == "inference" else 0.2)
+    while forwarder.poll() is None and time.monotonic() < deadline:
+        if door == "inference" and LISTENING in log.read_text(errors="replace"):
+            return forwarder
+        time.sleep(0.05)
+    if forwarder.poll() is None and door != "inference":
+        return forwarder
+    said = log.read_text(errors="replace").strip().splitlines()
+    raise ServerError(f"the {door} door did not open: {said[-1] if said else 'no output'}")
 
 
 def _address(config_text: str, door: str) -> str:
