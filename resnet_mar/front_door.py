@@ -256,28 +256,29 @@ async def body_chunks(
                     yield trailer
                     if trailer == b"\r\n":
                         return
-            remaining = size + 2
-            while remaining:
-                chunk = await reader.read(min(remaining, 1 << 16))
-                if not chunk:
-                    raise asyncio.IncompleteReadError(b"", remaining)
-                remaining -= len(chunk)
+            async for chunk in _exactly(reader, size + 2):
                 yield chunk
     elif "content-length" in headers:
-        remaining = int(headers["content-length"])
-        if remaining <= WHOLE_BODY:  # one read and one write: the common case, cheapest
-            if remaining:
-                yield await reader.readexactly(remaining)
-            return
-        while remaining:
-            chunk = await reader.read(min(remaining, 1 << 16))
-            if not chunk:
-                raise asyncio.IncompleteReadError(b"", remaining)
-            remaining -= len(chunk)
+        async for chunk in _exactly(reader, int(headers["content-length"])):
             yield chunk
     elif response:
         while chunk := await reader.read(1 << 16):
             yield chunk
+
+
+async def _exactly(reader: asyncio.StreamReader, size: int) -> Any:
+    """``size`` bytes as they arrive: in one piece up to WHOLE_BODY (one read and one write,
+    the common case), else in 64 KiB pieces."""
+    if 0 < size <= WHOLE_BODY:
+        yield await reader.readexactly(size)
+        return
+    remaining = size
+    while remaining:
+        chunk = await reader.read(min(remaining, 1 << 16))
+        if not chunk:
+            raise asyncio.IncompleteReadError(b"", remaining)
+        remaining -= len(chunk)
+        yield chunk
 
 
 def encode_reply(reply: Reply, *, close: bool, head_only: bool = False) -> bytes:

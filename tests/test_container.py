@@ -35,6 +35,7 @@ from resnet_mar.build import BuildRequest, build_model
 from resnet_mar.image_requirements import pins
 from resnet_mar.kserve_storage import Deployment, write_storage
 from resnet_mar.server_doors import REPO_ROOT, free_port
+from tests.client_venvs import run_client
 from tests.flood import Flood
 from tests.reference import STANDARD_IMAGENET, assert_same_answer
 
@@ -283,17 +284,6 @@ def test_archives_baked_into_the_image(image, archives, photo_bytes, container, 
     assert_same_answer(answer.json(), reference(archives["openvino"], "openvino", photo), 2e-4)
 
 
-def kserve_client(venv: str, script: str, job: object) -> object:
-    python = REPO_ROOT / ".venv-clients" / venv / "bin" / "python"
-    assert python.exists(), f"{python} is missing: run make test (it builds the client venvs)"
-    done = subprocess.run(
-        [str(python), str(REPO_ROOT / "tests" / "clients" / script)],
-        input=json.dumps(job), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 def run_runtime_yaml(image: str, archive: Path, protocol: str, started: list) -> tuple:
     """make kserve's YAMLs for ``protocol`` (checked against the kserve SDK's schema), and the
     runtime's container run as they say: image, args, env, ports, CPU and memory limits,
@@ -302,7 +292,7 @@ def run_runtime_yaml(image: str, archive: Path, protocol: str, started: list) ->
     mounted = storage(archive, deployment)
     runtime = yaml.safe_load((mounted / "servingruntime.yaml").read_text())
     service = yaml.safe_load((mounted / "inferenceservice.yaml").read_text())
-    assert kserve_client("kserve", "validate_isvc.py", [service, runtime]) == [[], []]
+    assert run_client("kserve", "validate_isvc.py", [service, runtime]) == [[], []]
     assert service["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]
     assert service["spec"]["predictor"]["model"]["protocolVersion"] == protocol
     (spec,) = runtime["spec"]["containers"]
@@ -329,7 +319,7 @@ def test_kserve_own_runtime_over_http(image, archives, photo_bytes, container) -
     images = [base64.b64encode(p).decode() for p in photos]
     broken = base64.b64encode(photos[0][:4000]).decode()
     url = one.url(port)
-    found = kserve_client("triton", "triton_defaults.py", {
+    found = run_client("triton", "triton_defaults.py", {
         "url": url.removeprefix("http://"), "model": "resnet18",
         "requests": [{"images": images, "topk": 5}],
     })  # fmt: skip
@@ -339,7 +329,7 @@ def test_kserve_own_runtime_over_http(image, archives, photo_bytes, container) -
         served = dict(zip(result["labels"][row], result["probabilities"][row], strict=True))
         assert_same_answer(served, want, 2e-4)
     for protocol in ("v1", "v2"):
-        answers = kserve_client("kserve", "kserve_rest.py", {
+        answers = run_client("kserve", "kserve_rest.py", {
             "base_url": url, "model": "resnet18", "protocol": protocol, "binary": True,
             "requests": [{"images": images[:1], "topk": 5, "id": "one"},
                          {"images": [broken], "id": "bad"}],
@@ -363,7 +353,7 @@ def test_kserve_own_runtime_over_grpc(image, archives, photo_bytes, container) -
     images = [base64.b64encode(p).decode() for p in photos]
     broken = base64.b64encode(photos[0][:4000]).decode()
     address = f"127.0.0.1:{one.port[port]}"
-    found = kserve_client("triton", "triton_grpc.py", {
+    found = run_client("triton", "triton_grpc.py", {
         "url": address, "model": "resnet18", "version": "",
         "requests": [{"images": images, "topk": 5}, {"images": [images[0], broken]}],
     })  # fmt: skip
@@ -373,7 +363,7 @@ def test_kserve_own_runtime_over_grpc(image, archives, photo_bytes, container) -
         served = dict(zip(good["labels"][row], good["probabilities"][row], strict=True))
         assert_same_answer(served, reference(archives["int8"], "int8", photo), 2e-4)
     assert bad["status"] == "StatusCode.INVALID_ARGUMENT" and "TruncatedImage" in bad["error"]
-    sdk = kserve_client("kserve", "kserve_grpc.py", {
+    sdk = run_client("kserve", "kserve_grpc.py", {
         "url": address, "model": "resnet18", "requests": [{"images": images[:1], "id": "g"}],
     })  # fmt: skip
     assert (sdk["live"], sdk["ready"], sdk["model_ready"]) == (True, True, True)

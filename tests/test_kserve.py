@@ -29,30 +29,18 @@ import yaml
 from resnet_mar.kserve_storage import Deployment, KServeError, Ports, write_storage
 from resnet_mar.server_doors import REPO_ROOT, free_port
 from resnet_mar.torchserve import ServerState, management_call
+from tests.client_venvs import run_client
 from tests.kserve_runtime import cpu_quota, kserve_torchserve
 from tests.reference import load_archive_reference, reference_answer, reference_top
 from tests.served_models import VERSION
 
 pytestmark = pytest.mark.integration
 
-CLIENTS = REPO_ROOT / ".venv-clients"
 BROKEN = "input 1: TruncatedImage: "
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def client(venv: str, script: str, job: object) -> object:
-    """Run one of tests/clients/ in its own venv; its JSON answer."""
-    python = CLIENTS / venv / "bin" / "python"
-    assert python.exists(), f"{python} is missing: run make test (it builds the client venvs)"
-    done = subprocess.run(
-        [str(python), str(REPO_ROOT / "tests" / "clients" / script)],
-        input=json.dumps(job), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 # --- the storage folder, without a server ------------------------------------------------------
@@ -150,7 +138,7 @@ def test_the_inferenceservice_passes_kserves_own_schema(tmp_path: Path, model_st
     model = broken["spec"]["predictor"]["model"]
     model["modelformat"] = model.pop("modelFormat")
     model["resources"]["limits"]["cpu"] = ["1"]
-    found = client("kserve", "validate_isvc.py", [*documents, broken])
+    found = run_client("kserve", "validate_isvc.py", [*documents, broken])
     assert found[:3] == [[], [], []]
     assert any("modelformat: unknown field" in e for e in found[3]), found[3]
     assert any("limits.cpu: expected str" in e for e in found[3]), found[3]
@@ -291,7 +279,7 @@ class TestV1:
                 v2_request(broken_among_good(photo_bytes), "b"),
             ],
         }
-        good, broken = client("kserve", "kserve_rest.py", job)
+        good, broken = run_client("kserve", "kserve_rest.py", job)
         expected = reference_answer(model, labels, photo_bytes["grace_hopper"], 2)
         assert good["predictions"] == [pytest.approx(expected, abs=1e-4)] * 2
         assert broken["status"] == 400 and broken["error"].startswith(BROKEN)
@@ -325,7 +313,7 @@ class TestOpenInference:
         requests_.append(v2_request(broken_among_good(photo_bytes), "broken"))
         requests_ += [v2_request([photo_bytes["chelsea"]], f"more-{i}") for i in range(2)]
         url = kserved.url.removeprefix("http://")
-        results = client(
+        results = run_client(
             "triton", "triton_v2.py", {"url": url, "model": "resnet18", "requests": requests_}
         )
         for name, result in zip(names, results, strict=False):
@@ -348,7 +336,7 @@ class TestOpenInference:
             "protocol": "v2",
             "requests": [v2_request([photo_bytes["rocket"], photo_bytes["coffee"]], "kv2", 4)],
         }
-        (result,) = client("kserve", "kserve_rest.py", job)
+        (result,) = run_client("kserve", "kserve_rest.py", job)
         assert result["id"] == "kv2"
         outputs = result["outputs"]
         assert (
@@ -503,7 +491,7 @@ class TestEnvelopeApplied:
             "model": "resnet18",
             "requests": [v2_request([photo_bytes[n]], n) for n in names],
         }
-        for name, result in zip(names, client("triton", "triton_v2.py", job), strict=True):
+        for name, result in zip(names, run_client("triton", "triton_v2.py", job), strict=True):
             expected = reference_top(model, labels, photo_bytes[name])
             assert_rows(result["labels"][0], result["probabilities"][0], expected)
         raw = requests.put(

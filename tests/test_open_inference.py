@@ -8,14 +8,13 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import subprocess
 
 import pytest
 import requests
 
-from resnet_mar.server_doors import REPO_ROOT
 from resnet_mar.torchserve import RunningServer
-from tests.reference import reference_top
+from tests.client_venvs import run_client
+from tests.reference import assert_same_answer, reference_answer, reference_top
 from tests.served_models import VERSION
 
 pytestmark = pytest.mark.integration
@@ -36,21 +35,9 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def client(venv: str, script: str, job: dict) -> dict:
-    """Run one of tests/clients/ in its own venv; its JSON answer."""
-    python = REPO_ROOT / ".venv-clients" / venv / "bin" / "python"
-    assert python.exists(), f"{python} is missing: run make test (it builds the client venvs)"
-    done = subprocess.run(
-        [str(python), str(REPO_ROOT / "tests" / "clients" / script)],
-        input=json.dumps(job), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 def triton_defaults(server: RunningServer, model: str, requests_: list[dict]) -> dict:
     url = server.endpoints.inference.removeprefix("http://")
-    return client(
+    return run_client(
         "triton", "triton_defaults.py", {"url": url, "model": model, "requests": requests_}
     )
 
@@ -164,8 +151,9 @@ def test_v1_and_v2_answers_are_compact(server, photo_bytes) -> None:
     assert answer.status_code == 200 and "\n" not in answer.text and ": " not in answer.text
 
 
-def test_kserve_sdk_with_binary_tensors(server, references, photo_bytes) -> None:
-    """KServe's own REST client, v2, images set with set_data_from_numpy's default (binary)."""
+def test_kserve_sdk_rest_v2_binary_and_v1(server, references, photo_bytes) -> None:
+    """KServe's own REST client: v2, images set with set_data_from_numpy's default (binary),
+    and v1."""
     photos = list(photo_bytes.values())[:3]
     job = {
         "base_url": server.endpoints.inference,
@@ -177,9 +165,14 @@ def test_kserve_sdk_with_binary_tensors(server, references, photo_bytes) -> None
             {"images": [b64(photos[0]), b64(photo_bytes["rocket"][:4000])], "id": "bad"},
         ],
     }
-    good, bad = client("kserve", "kserve_rest.py", job)
+    good, bad = run_client("kserve", "kserve_rest.py", job)
     assert good["id"] == "k3"
     assert_outputs_equal_reference(good["outputs"], photos, references["resnet18"], topk=2)
+    assert bad["status"] == 400 and bad["error"].startswith("input 1: TruncatedImage: ")
+    good, bad = run_client("kserve", "kserve_rest.py", {**job, "protocol": "v1"})
+    model, labels = references["resnet18"]
+    for served, photo in zip(good["predictions"], photos, strict=True):
+        assert_same_answer(served, reference_answer(model, labels, photo, topk=2))
     assert bad["status"] == 400 and bad["error"].startswith("input 1: TruncatedImage: ")
 
 
@@ -208,7 +201,7 @@ def test_tritonclient_grpc_with_its_defaults(server, references, photo_bytes) ->
     for version in ("", VERSION):
         job = {"url": server.endpoints.grpc, "model": "resnet18", "version": version,
                "requests": asked}  # fmt: skip
-        found = client("triton", "triton_grpc.py", job)
+        found = run_client("triton", "triton_grpc.py", job)
         health = found["health"]
         assert [health[k]["answer"] for k in ("server_live", "server_ready", "model_ready")] == [
             True, True, True,
@@ -233,7 +226,7 @@ def test_kserve_sdk_grpc(server, references, photo_bytes) -> None:
     asked = [{"images": [b64(i) for i in images], "topk": 2, "id": f"g{n}"}
              for n, images in enumerate(batches)]  # fmt: skip
     job = {"url": server.endpoints.grpc, "model": "resnet50", "requests": asked}
-    found = client("kserve", "kserve_grpc.py", job)
+    found = run_client("kserve", "kserve_grpc.py", job)
     assert (found["live"], found["ready"], found["model_ready"]) == (True, True, True)
     for n, images in enumerate(batches[:-1]):
         assert found["results"][n]["id"] == f"g{n}"
