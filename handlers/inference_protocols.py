@@ -176,6 +176,21 @@ def encode_answer(
     return Answer(body, CONTENT_TYPE, ((RESPONSE_HEADER, str(head_length)),))
 
 
+def bounded(answer: Answer, limit: int) -> Answer:
+    """``answer``, or a 413 when it would be larger than ``limit`` bytes as sent (a dict as
+    TorchServe writes it, indented)."""
+    body = answer.body
+    size = len(json.dumps(body, indent=2) if isinstance(body, dict) else body)
+    if size > limit:
+        raise BadInput(
+            413,
+            "AnswerTooLarge",
+            f"the answer would be {size} bytes, over the limit of {limit} (max_answer_bytes): "
+            "ask a smaller top-k or fewer images a request",
+        )
+    return answer
+
+
 def compact(document: dict[str, Any]) -> str:
     """JSON without spaces: what v1/v2 clients get (TorchServe would indent a dict)."""
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
@@ -368,6 +383,8 @@ def _requested_outputs(
     names, binary = [], set()
     for output in outputs:
         name = output.get("name")
+        if name in names:
+            raise bad_request("MalformedJSON", f"output {name!r} is asked more than once")
         if name not in V2_OUTPUTS:
             raise bad_request(
                 "MalformedJSON",

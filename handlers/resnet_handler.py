@@ -50,6 +50,7 @@ from inference_protocols import (
     Answer,
     ModelIdentity,
     ParsedRequest,
+    bounded,
     encode_answer,
     error_answer,
     protocol_of,
@@ -274,7 +275,7 @@ class ResNetClassifierHandler:
             if idx in explained:
                 outcome = explained[idx]
             elif isinstance(outcome, ParsedRequest):
-                outcome = guarded(encode_answer, outcome, rows[idx], self.labels, self.identity)
+                outcome = guarded(self._answer, outcome, rows[idx])
             protocol = request.protocol if isinstance(request, ParsedRequest) else None
             answers.append(self._respond(idx, outcome, protocol, data[idx], headers[idx], context))
             if came_over_grpc(headers[idx]):
@@ -287,6 +288,10 @@ class ResNetClassifierHandler:
         for answer in answers:
             self.metrics.record(answer[1], elapsed)
         return [answer[0] for answer in answers]
+
+    def _answer(self, request: ParsedRequest, rows: list[torch.Tensor]) -> Answer:
+        answer = encode_answer(request, rows, self.labels, self.identity)
+        return bounded(answer, self.settings.max_answer_bytes)
 
     def _read(self, request: dict[str, Any], headers: dict[str, str]) -> ParsedRequest:
         parsed = read_request(

@@ -75,6 +75,10 @@ class HandlerSettings:
     #: Images one KServe v1 / Open Inference request may carry (413 beyond): all the images of
     #: a TorchServe batch go through one forward pass, so this bounds what one batch can cost.
     max_images_per_request: int = 32
+    #: The largest answer the handler sends, in bytes (413 beyond, before TorchServe sees it):
+    #: under config.properties' max_response_size (1 MiB), past which TorchServe kills the
+    #: worker and fails its whole batch. Bounds images x top-k x outputs.
+    max_answer_bytes: int = 900_000
     #: 0: decode JPEGs fully (answers equal the in-process reference). N >= 1: a JPEG at least
     #: 2N x resize_size on its shorter side is decoded at reduced scale (faster, answers move).
     jpeg_draft_factor: int = 0
@@ -99,6 +103,7 @@ class HandlerSettings:
         _at_least("handler.topk", self.topk, 1)
         _at_least("handler.max_image_pixels", self.max_image_pixels, 1)
         _at_least("handler.max_images_per_request", self.max_images_per_request, 1)
+        _at_least("handler.max_answer_bytes", self.max_answer_bytes, 1024)
         _at_least("handler.jpeg_draft_factor", self.jpeg_draft_factor, 0)
         _at_least("handler.ig_steps", self.ig_steps, 1)
         _at_least("handler.ig_internal_batch", self.ig_internal_batch, 1)

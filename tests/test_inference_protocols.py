@@ -18,6 +18,7 @@ from inference_protocols import (
     OPEN_INFERENCE,
     PREDICTIONS,
     ModelIdentity,
+    bounded,
     encode_answer,
     error_body,
     protocol_of,
@@ -335,3 +336,18 @@ def test_broken_json_is_malformed_json_not_an_image() -> None:
     with pytest.raises(BadInput) as err:
         read({"body": b'{"inputs": [{"name": "image",'})
     assert (err.value.status, err.value.kind) == (400, "MalformedJSON")
+
+
+def test_an_answer_over_its_bound_is_413_and_outputs_are_asked_once() -> None:
+    labels = [f"class number {i}" for i in range(1000)]
+    rows = [torch.rand(1000) for _ in range(32)]
+    v1 = read({"body": {"instances": ["aGk="] * 32, "topk": 1000}})
+    answer = encode_answer(v1, rows, labels, ModelIdentity("m", "1"))
+    assert bounded(answer, 2_000_000) is answer
+    with pytest.raises(BadInput) as err:
+        bounded(answer, 900_000)
+    assert (err.value.status, err.value.kind) == (413, "AnswerTooLarge")
+    assert "max_answer_bytes" in err.value.message
+    twice = v2_body([b"x"], outputs=[{"name": "labels"}, {"name": "labels"}])
+    with pytest.raises(BadInput, match="asked more than once"):
+        read({"body": twice})

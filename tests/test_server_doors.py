@@ -188,3 +188,30 @@ def test_worker_sockets_and_extracted_archives_stay_in_the_servers_folder(
                 assert shared not in path.parents or server.folder.root in path.parents, (
                     f"process {pid} holds {target} in the shared /tmp"
                 )
+
+
+def test_an_answer_too_large_is_413_beside_good_requests(server, references, photo_bytes) -> None:
+    """32 one-pixel images at top-k 1000 (v1) would be an answer over TorchServe's
+    max_response_size, which kills the worker and fails its batch: refused (413) before it is
+    sent, while the requests around it are answered (no worker restarts: the session server
+    checks at its teardown)."""
+    pixel = io.BytesIO()
+    Image.new("RGB", (1, 1), (200, 30, 90)).save(pixel, "PNG")
+    instances = [base64.b64encode(pixel.getvalue()).decode()] * 32
+    url = server.endpoints.inference
+    model, labels = references["resnet18"]
+    photo = photo_bytes["coffee"]
+
+    def big() -> requests.Response:
+        return requests.post(f"{url}/v1/models/resnet18:predict",
+                             json={"instances": instances, "topk": 1000}, timeout=120)  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        bad = [pool.submit(big) for _ in range(2)]
+        good = [pool.submit(predict, server, "resnet18", photo) for _ in range(6)]
+    for answer in (future.result() for future in bad):
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["error"].startswith("AnswerTooLarge: the answer would be")
+    for answer in (future.result() for future in good):
+        assert answer.status_code == 200
+        assert_same_answer(answer.json(), reference_answer(model, labels, photo))
