@@ -37,8 +37,8 @@ import yaml
 MAX_HEAD = 64 * 1024
 #: Connections served at once; beyond, a connection gets 503 and is closed.
 MAX_CONNECTIONS = 512
-#: An idle keep-alive connection is closed after this long.
-IDLE_TIMEOUT_S = 60.0
+#: An idle keep-alive connection is closed after this long; at a stop, after this moment.
+IDLE_TIMEOUT_S, STOP_GRACE_S = 60.0, 0.5
 #: Bodies up to this size are relayed in one piece (TorchServe refuses more than 8 MiB).
 WHOLE_BODY = 16 * 1024 * 1024
 #: Worker states are asked of TorchServe at most this often (health checks can be frequent).
@@ -442,10 +442,13 @@ class FrontDoor:
         return framed and "close" not in headers.get("connection", "").lower()
 
     async def drain(self, timeout_s: float) -> None:
-        """Stop between requests: idle connections close now, busy ones after their answer."""
+        """Stop between requests: a busy connection closes after its answer, an idle one after
+        a moment in which a request it was already sending is still read and answered."""
         self.stopping.set()
-        for writer in list(self.idle):
-            writer.close()
+        loop = asyncio.get_running_loop()
+        for writer, timer in list(self.idle.items()):
+            timer.cancel()  # a request already on its way is still answered (and the
+            loop.call_later(STOP_GRACE_S, writer.close)  # connection closed after it)
         if self.connections:
             await asyncio.wait(set(self.connections), timeout=timeout_s)
 

@@ -165,3 +165,24 @@ def test_a_stop_answers_what_was_accepted_and_closes_idle_connections(tmp_path) 
             await asyncio.open_connection("127.0.0.1", port)
 
     asyncio.run(with_door(tmp_path, {"fast": ["READY"]}, check))
+
+
+def test_a_request_sent_as_the_stop_begins_on_a_kept_open_connection_is_answered(tmp_path):
+    async def check(port, door, server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"PUT /first HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(int(dict(parse_head(head)[1])["content-length"]))
+        server.close()
+        stopping = asyncio.ensure_future(door.drain(5))
+        await asyncio.sleep(0)
+        writer.write(b"PUT /second HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        status, fields, _ = parse_head(head)
+        body = await reader.readexactly(int(dict(fields)["content-length"]))
+        assert (status, json.loads(body)["target"]) == ("200", "/second")
+        assert dict(fields).get("connection") == "close" or await reader.read() == b""
+        await stopping
+        writer.close()
+
+    asyncio.run(with_door(tmp_path, {"fast": ["READY"]}, check))
