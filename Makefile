@@ -120,8 +120,8 @@ labels: $(STAMP) ## regenerate index_to_name.json from torchvision's ImageNet ca
 # A served name's architecture: MODELS when NAME renames one model, else the name itself.
 arch = $(if $(NAME),$(MODELS),$(1))
 build_request = arch=$(call arch,$(1)) weights=$(WEIGHTS) labels=$(LABELS) format=$(FORMAT) jit=$(JIT) seed=$(SEED) jpeg_draft=$(JPEG_DRAFT) calibration=$(CALIBRATION) int8=$(INT8_MIN_AGREEMENT),$(INT8_MAX_ERROR)
-BUILD_SOURCES := $(wildcard resnet_mar/*.py) handlers/serving_schema.py
-HANDLER_FILES := $(wildcard handlers/*.py)
+BUILD_SOURCES := $(wildcard resnet_mar/*.py) handlers/resnet_serving/serving_schema.py
+HANDLER_FILES := $(wildcard handlers/*.py handlers/resnet_serving/*.py)
 BUILT    := $(NAMES:%=$(BUILD)/%.json)
 ARCHIVES := $(NAMES:%=$(MODEL_STORE)/%.mar)
 .PRECIOUS: $(BUILD)/%.request $(BUILD)/%.version $(BUILD)/%.json

@@ -23,7 +23,12 @@ shift $((OPTIND - 1))
 
 here=$(cd "$(dirname "$0")" && pwd)
 archiver=${ARCHIVER:-$(command -v torch-model-archiver || echo "$here/.venv/bin/torch-model-archiver")}
-handler_extras=$(ls "$here"/handlers/*.py | grep -v '/resnet_handler.py$' | paste -sd, -)
+# The handler's package, staged without bytecode caches: torch-model-archiver copies the contents
+# of a folder given in --extra-files, so the folder holding the package is what it gets.
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+cp -r "$here/handlers/resnet_serving" "$stage/"
+find "$stage" -name __pycache__ -prune -exec rm -rf {} +
 mkdir -p "$model_store"
 
 for name in "$@"; do
@@ -44,7 +49,7 @@ for name in "$@"; do
       --version "$version" \
       --serialized-file "$build_dir/$model_file" \
       --handler "$here/handlers/resnet_handler.py" \
-      --extra-files "$handler_extras,$build_dir/$name/index_to_name.json" \
+      --extra-files "$stage,$build_dir/$name/index_to_name.json" \
       --config-file "$build_dir/$name/model-config.yaml" \
       --export-path "$model_store" \
       --force; then

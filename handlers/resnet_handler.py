@@ -33,10 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import torch
-from compute_gate import ComputeGate
-from cpu_budget import usable_cpus
-from envelope_bypass import bypass_envelopes
-from explanations import (
+
+from resnet_serving.compute_gate import ComputeGate
+from resnet_serving.cpu_budget import usable_cpus
+from resnet_serving.envelope_bypass import bypass_envelopes
+from resnet_serving.explanations import (
     black_baseline,
     channels_last,
     encode_explanation,
@@ -45,8 +46,8 @@ from explanations import (
     refusal,
     unavailable,
 )
-from image_decoding import decode_rgb
-from inference_protocols import (
+from resnet_serving.image_decoding import decode_rgb
+from resnet_serving.inference_protocols import (
     Answer,
     ModelIdentity,
     ParsedRequest,
@@ -56,12 +57,12 @@ from inference_protocols import (
     protocol_of,
     read_request,
 )
-from input_errors import BadInput
-from model_runtimes import load_model
-from request_metrics import ANSWERED, RequestMetrics
-from request_payload import field_names
-from resize_crop import resized_center_crop
-from serving_schema import AUTO, HandlerSettings, ModelConfig
+from resnet_serving.input_errors import BadInput
+from resnet_serving.model_runtimes import load_model
+from resnet_serving.request_metrics import ANSWERED, RequestMetrics
+from resnet_serving.request_payload import field_names
+from resnet_serving.resize_crop import resized_center_crop
+from resnet_serving.serving_schema import AUTO, HandlerSettings, ModelConfig
 
 logger = logging.getLogger(__name__)
 

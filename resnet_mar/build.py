@@ -5,7 +5,7 @@ Layout written under the build folder (``archive.sh`` packs it, nothing else):
     build/<name>.pt                      the compiled model (``.onnx`` for FORMAT=onnx, ...)
     build/<name>.json                    provenance: weights, preprocessing, parity, versions
     build/<name>/index_to_name.json      the label map shipped in the archive
-    build/<name>/model-config.yaml       serving settings (schema: handlers/serving_schema.py)
+    build/<name>/model-config.yaml       serving settings (schema: resnet_serving.serving_schema)
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 import torch
 import torchvision
 import yaml
-from serving_schema import HandlerSettings, ModelConfig, Preprocessing, SchemaError
 
 from resnet_mar.architectures import check_architecture
 from resnet_mar.calibration import CalibrationError, calibration_set
@@ -40,6 +39,7 @@ from resnet_mar.quantization import (
 )
 from resnet_mar.weights import LoadedWeights, load_weights, sha256_of
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
+from resnet_serving.serving_schema import HandlerSettings, ModelConfig, Preprocessing, SchemaError
 
 
 @dataclass(frozen=True)

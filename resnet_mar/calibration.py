@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from serving_schema import Preprocessing
 from torchvision.transforms import v2
 
 from resnet_mar.photos import CALIBRATION_FILES, PhotosMissingError, photo_paths
 from resnet_mar.weights import reference_transforms
+from resnet_serving.serving_schema import Preprocessing
 
 #: Images the calibration set holds: each photo once as served, the rest random views of them.
 CALIBRATION_SIZE = 160

@@ -8,8 +8,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from serving_schema import MODEL_FORMATS, SchemaError
-
 from resnet_mar.architectures import (
     SUPPORTED_ARCHITECTURES,
     UnknownArchitectureError,
@@ -25,6 +23,7 @@ from resnet_mar.quantization import MAX_TOP1_PROBABILITY_ERROR, MIN_TOP1_AGREEME
 from resnet_mar.server_doors import ISOLATION_MODES
 from resnet_mar.torchserve import ServerError
 from resnet_mar.weights import WeightsError
+from resnet_serving.serving_schema import MODEL_FORMATS, SchemaError
 
 USER_ERRORS = (
     UnknownArchitectureError,

@@ -3,7 +3,7 @@
 Each format is one exporter function in :data:`EXPORTERS`; every exporter's output is loaded back
 and checked against the eager model (:mod:`resnet_mar.parity`) before the build goes on.
 
-The handler loads the same files with its own ``handlers/model_runtimes.py`` (an archive ships
+The handler loads the same files with its own ``resnet_serving.model_runtimes`` (an archive ships
 handlers/ alone, not this package); the tests check that both agree with the eager model.
 """
 
@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from serving_schema import Preprocessing
 
 from resnet_mar.parity import Forward
+from resnet_serving.serving_schema import Preprocessing
 
 #: torch 2.14 marks TorchScript deprecated (in favour of torch.export); it still works, and its
 #: four warnings per model would bury the build's own progress lines.
@@ -164,7 +164,7 @@ def openvino_forward(path: Path) -> Forward:
     """The served file through the handler's own OpenVINO runtime, once a child process has
     compiled it on this CPU: a crash while compiling (openvino#35943 reports one on a Zen 4
     CPU) then stops the build with a message instead of killing it."""
-    from model_runtimes import load_openvino
+    from resnet_serving.model_runtimes import load_openvino
 
     compile_here = "import sys, openvino; openvino.Core().compile_model(sys.argv[1], 'CPU')"
     probe = subprocess.run(

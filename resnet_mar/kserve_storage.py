@@ -34,10 +34,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 import yaml
-from serving_schema import ModelConfig
 
 from resnet_mar.server_doors import config_addresses, grpc_public_address, host_and_port
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
+from resnet_serving.serving_schema import ModelConfig
 
 MOUNT = "/mnt/models"
 PROTOCOLS = {"v1": "kserve", "v2": "kservev2", "grpc-v2": "kservev2"}
@@ -157,7 +157,7 @@ def config_properties(snapshot: dict, ports: Ports = Ports(), mount: str = MOUNT
 def inference_service(deployment: Deployment, ports: Ports = Ports()) -> dict:
     """The InferenceService: TorchServe's runtime at this project's version, the workers'
     environment, the pod's CPU and memory (threads follow the CPU limit, see
-    handlers/cpu_budget.py), and a readiness probe on TorchServe's /ping."""
+    handlers/resnet_serving/cpu_budget.py), and a readiness probe on TorchServe's /ping."""
     model: dict = {
         "modelFormat": {"name": "pytorch"},
         "protocolVersion": deployment.protocol,

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from serving_schema import Preprocessing
 
 from resnet_mar.weights import reference_transforms
+from resnet_serving.serving_schema import Preprocessing
 
 #: Where each photo lives: (package, file inside its data folder).
 PHOTO_FILES = {

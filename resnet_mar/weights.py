@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from serving_schema import Preprocessing
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
 from resnet_mar.architectures import build_untrained, weights_enum
 from resnet_mar.labels import imagenet_categories, read_label_map
+from resnet_serving.serving_schema import Preprocessing
 
 UNTRAINED = "none"
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from resnet_handler import ResNetClassifierHandler
 
+from resnet_handler import ResNetClassifierHandler
 from resnet_mar.torchserve import REPO_ROOT, RunningServer, private_server
 from tests.fake_context import FakeContext, initialized_handler, unpacked_model_dir
 from tests.photos import PHOTOS

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from resnet_handler import ResNetClassifierHandler
 
 

@@ -1,7 +1,7 @@
 """Odd but valid images, and broken inputs, made in memory from a real photo.
 
 Each valid case carries the RGB picture a correct decoder must produce, computed here without
-``handlers/image_decoding.py`` (Pillow and numpy only), so the tests compare the decoder with an
+``resnet_serving.image_decoding`` (Pillow and numpy only), so the tests compare the decoder with an
 independent reading of the conventions: EXIF orientation applied, transparency composited onto
 white, 16-bit samples divided by 257 (rounded down), the first frame of an animation.
 

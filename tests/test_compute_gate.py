@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from compute_gate import ComputeGate, gate_path
+
+from resnet_serving.compute_gate import ComputeGate, gate_path
 
 #: Another worker: tries the gate file without waiting and prints whether it got it.
 TRY_GATE = """
@@ -27,7 +28,7 @@ except BlockingIOError:
 #: A worker that takes the gate, says so, and waits to be killed while holding it.
 HOLD_GATE = """
 import sys, time
-from compute_gate import ComputeGate
+from resnet_serving.compute_gate import ComputeGate
 with ComputeGate(sys.argv[1]):
     print("holding", flush=True)
     time.sleep(600)

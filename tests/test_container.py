@@ -24,7 +24,6 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import model_runtimes
 import pytest
 import requests
 import torch
@@ -35,6 +34,7 @@ from resnet_mar.build import BuildRequest, build_model
 from resnet_mar.image_requirements import pins
 from resnet_mar.kserve_storage import Deployment, write_storage
 from resnet_mar.server_doors import REPO_ROOT, free_port
+from resnet_serving import model_runtimes
 from tests.client_venvs import run_client
 from tests.flood import Flood
 from tests.reference import STANDARD_IMAGENET, assert_same_answer

@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from image_decoding import decode_rgb
 from PIL import Image
-from serving_schema import HandlerSettings, Preprocessing
 from torchvision.transforms import functional as F
 
 from resnet_mar.export import PREPROCESSING_FILE, export_torchscript, prepare_for_inference
 from resnet_mar.torchserve import REPO_ROOT
 from resnet_mar.weights import STANDARD_IMAGENET, load_weights, reference_transforms
+from resnet_serving.image_decoding import decode_rgb
+from resnet_serving.serving_schema import HandlerSettings, Preprocessing
 from tests.odd_images import VALID_NAMES, broken_inputs, encode, small_photo, valid_images
 from tests.reference import reference_answer
 

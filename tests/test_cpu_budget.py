@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from cpu_budget import cgroup_cpu_quota, usable_cpus
+
+from resnet_serving.cpu_budget import cgroup_cpu_quota, usable_cpus
 
 
 def fake_proc(tmp_path: Path, membership: str, mounts: list[str]) -> Path:
@@ -69,7 +70,7 @@ def test_affinity_of_a_real_process_limits_the_threads() -> None:
     """A worker started under ``taskset -c 0`` gets one thread, whatever the machine has."""
     taskset = shutil.which("taskset")
     assert taskset, "taskset (util-linux) is needed for this test"
-    code = "from cpu_budget import usable_cpus; print(usable_cpus())"
+    code = "from resnet_serving.cpu_budget import usable_cpus; print(usable_cpus())"
     done = subprocess.run(
         [taskset, "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )

@@ -17,15 +17,15 @@ from functools import cache
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from image_decoding import decode_rgb
-from inference_protocols import read_request
-from input_errors import BadInput
 from PIL import Image
-from request_payload import extract_payload
-from resnet_handler import decode_image
-from serving_schema import HandlerSettings
 
+from resnet_handler import decode_image
 from resnet_mar.weights import STANDARD_IMAGENET
+from resnet_serving.image_decoding import decode_rgb
+from resnet_serving.inference_protocols import read_request
+from resnet_serving.input_errors import BadInput
+from resnet_serving.request_payload import extract_payload
+from resnet_serving.serving_schema import HandlerSettings
 from tests.odd_images import VALID_NAMES, valid_images
 from tests.photos import PHOTOS
 

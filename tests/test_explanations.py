@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from explanations import (
+
+from resnet_handler import decode_image, model_input
+from resnet_mar.weights import STANDARD_IMAGENET, load_weights
+from resnet_serving.explanations import (
     SIGNIFICANT_DIGITS,
     black_baseline,
     integrated_gradients,
     rounded,
 )
-from resnet_handler import decode_image, model_input
-from serving_schema import HandlerSettings
-
-from resnet_mar.weights import STANDARD_IMAGENET, load_weights
+from resnet_serving.serving_schema import HandlerSettings
 from tests.fake_context import initialized_handler, unpacked_model_dir
 from tests.reference import assert_same_answer, reference_answer
 from tests.served_models import max_response_size

@@ -1,5 +1,5 @@
 """FORMAT=torchscript | onnx | aoti | openvino: every exact format's build passes the parity check
-against eager, and the handler's own runtime (handlers/model_runtimes.py) reads the built file
+against eager, and the handler's own runtime (resnet_serving.model_runtimes) reads the built file
 back to the eager model's logits. (FORMAT=int8, checked by a quality gate instead: test_int8.py.)"""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import model_runtimes
 import pytest
 import torch
 import yaml
-from resnet_handler import ResNetClassifierHandler
 
+from resnet_handler import ResNetClassifierHandler
 from resnet_mar.build import BuildError, BuildRequest, BuildResult, build_model
 from resnet_mar.weights import load_weights, sha256_of
+from resnet_serving import model_runtimes
 from tests.fake_context import initialized_handler, unpacked_build
 
 pytestmark = pytest.mark.builds  # builds models itself: left out of make check

@@ -8,16 +8,16 @@ import json
 
 import pytest
 import torch
-from inference_protocols import label_scores, read_request
-from input_errors import BadInput
 from PIL import Image
-from request_options import parse_topk
-from resnet_handler import ResNetClassifierHandler, decode_image, environment_advice, model_input
-from serving_schema import HandlerSettings, Preprocessing
 from torchvision.models import ResNet50_Weights
 
+from resnet_handler import ResNetClassifierHandler, decode_image, environment_advice, model_input
 from resnet_mar.weights import STANDARD_IMAGENET, preprocessing_of, reference_transforms
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
+from resnet_serving.inference_protocols import label_scores, read_request
+from resnet_serving.input_errors import BadInput
+from resnet_serving.request_options import parse_topk
+from resnet_serving.serving_schema import HandlerSettings, Preprocessing
 from tests.fake_context import FakeContext, unpacked_model_dir
 from tests.reference import assert_same_answer, load_archive_reference, reference_answer
 
@@ -288,8 +288,9 @@ def test_archive_reference_helper_reads_the_same_model(build_dir, photo_bytes) -
 def test_torchserve_finds_the_handler_class_as_its_entry_point() -> None:
     """TorchServe's own loader takes the one class the handler module defines; a second class
     there (even a dataclass) stops every worker from loading."""
-    import resnet_handler
     from ts.model_loader import TsModelLoader
+
+    import resnet_handler
 
     handle, initialize = TsModelLoader()._get_class_entry_point(resnet_handler)
     assert isinstance(handle.__self__, ResNetClassifierHandler)

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from image_decoding import decode_rgb
-from input_errors import BadInput
 from PIL import Image, ImageFile
-from request_payload import extract_payload
-from serving_schema import HandlerSettings
 
+from resnet_serving.image_decoding import decode_rgb
+from resnet_serving.input_errors import BadInput
+from resnet_serving.request_payload import extract_payload
+from resnet_serving.serving_schema import HandlerSettings
 from tests.odd_images import (
     BROKEN_NAMES,
     VALID_NAMES,

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from binary_tensors import HEADER
-from inference_protocols import (
+
+from resnet_serving.binary_tensors import HEADER
+from resnet_serving.inference_protocols import (
     KSERVE_V1,
     OPEN_INFERENCE,
     PREDICTIONS,
@@ -24,8 +25,7 @@ from inference_protocols import (
     protocol_of,
     read_request,
 )
-from input_errors import BadInput
-
+from resnet_serving.input_errors import BadInput
 from tests.fake_context import unpacked_model_dir
 from tests.reference import assert_same_answer, reference_answer
 
@@ -201,8 +201,9 @@ def test_torchserves_envelopes_are_bypassed_and_batching_holds(
     from ts.model_loader import TsModelLoader
 
     model_dir = unpacked_model_dir(build_dir, "resnet18", tmp_path / "model")
-    for handler_file in Path(__import__("resnet_handler").__file__).parent.glob("*.py"):
-        shutil.copy(handler_file, model_dir / handler_file.name)
+    handlers = Path(__import__("resnet_handler").__file__).parent
+    shutil.copy(handlers / "resnet_handler.py", model_dir / "resnet_handler.py")
+    shutil.copytree(handlers / "resnet_serving", model_dir / "resnet_serving")
     manifest = {
         "model": {
             "modelName": "resnet18",

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_runtimes import load_openvino
 
 from resnet_mar.build import BuildError, BuildRequest, BuildResult, build_model
 from resnet_mar.calibration import CalibrationError, calibration_set
@@ -22,6 +21,7 @@ from resnet_mar.quantization import (
     estimate_batchnorm,
 )
 from resnet_mar.weights import load_weights
+from resnet_serving.model_runtimes import load_openvino
 from tests.fake_context import initialized_handler, unpacked_build
 
 pytestmark = pytest.mark.builds  # builds models itself: left out of make check

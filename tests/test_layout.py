@@ -6,18 +6,25 @@ from __future__ import annotations
 import re
 import subprocess
 
-import model_runtimes
 import tomllib
-from serving_schema import MODEL_FORMATS
 
 from resnet_mar.export import EXPORTERS
 from resnet_mar.torchserve import REPO_ROOT
+from resnet_serving import model_runtimes
+from resnet_serving.serving_schema import MODEL_FORMATS
 
 
-def test_every_handler_module_is_installed_as_torchserve_imports_it() -> None:
-    """handlers/*.py are top-level modules (as inside an archive): pyproject lists them all."""
+def test_the_handler_is_one_entry_module_and_one_package() -> None:
+    """handlers/ holds TorchServe's entry point and the package beside it, nothing else: what
+    archive.sh packs and pyproject installs for the build side and the tests."""
     listed = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert sorted(listed["py-modules"]) == sorted(p.stem for p in REPO_ROOT.glob("handlers/*.py"))
+    assert listed["py-modules"] == ["resnet_handler"] and "resnet_serving" in listed["packages"]
+    assert sorted(
+        p.name for p in (REPO_ROOT / "handlers").iterdir() if p.name != "__pycache__"
+    ) == [
+        "resnet_handler.py",
+        "resnet_serving",
+    ]
 
 
 def test_every_format_is_exported_and_loaded() -> None:

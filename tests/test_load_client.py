@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from inference_protocols import OPEN_INFERENCE, read_request
 
 from resnet_mar.load_client import (
     HttpRequest,
@@ -25,6 +24,7 @@ from resnet_mar.load_client import (
     percentile,
     run_point,
 )
+from resnet_serving.inference_protocols import OPEN_INFERENCE, read_request
 
 BODY = b'{"tabby": 0.5, "tiger_cat": 0.25}'
 

@@ -10,14 +10,14 @@ import sys
 
 import numpy as np
 import pytest
-import resize_crop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from resize_crop import resized_center_crop
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
+from resnet_serving import resize_crop
+from resnet_serving.resize_crop import resized_center_crop
 from tests.photos import PHOTOS
 
 
@@ -80,7 +80,7 @@ import io, json, resource, sys, time
 import torch
 from PIL import Image
 from resnet_handler import decode_image
-from serving_schema import HandlerSettings, Preprocessing
+from resnet_serving.serving_schema import HandlerSettings, Preprocessing
 pre = Preprocessing(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
 settings = HandlerSettings("resnet18", "torchscript", pre, {})
 files = json.loads(sys.stdin.read())

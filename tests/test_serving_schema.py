@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from serving_schema import HandlerSettings, ModelConfig, SchemaError
 
 from resnet_mar.build import BuildRequest, model_config
 from resnet_mar.weights import STANDARD_IMAGENET
+from resnet_serving.serving_schema import HandlerSettings, ModelConfig, SchemaError
 
 
 def written(request: BuildRequest) -> dict:

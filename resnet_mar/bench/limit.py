@@ -16,17 +16,17 @@ from pathlib import Path
 
 import torch
 import yaml
-from inference_protocols import read_request
-from model_runtimes import load_model
 from PIL import Image
-from resnet_handler import decode_image, model_input
-from serving_schema import ModelConfig
 
+from resnet_handler import decode_image, model_input
 from resnet_mar.bench.machine import cpu_counters, other_load
 from resnet_mar.bench.progress import progress
 from resnet_mar.bench.results import InProcessLimit
 from resnet_mar.export import JIT_DEPRECATION
 from resnet_mar.weights import STANDARD_IMAGENET, reference_transforms
+from resnet_serving.inference_protocols import read_request
+from resnet_serving.model_runtimes import load_model
+from resnet_serving.serving_schema import ModelConfig
 
 BATCH_SIZES = (1, 2, 4, 8, 16)
 

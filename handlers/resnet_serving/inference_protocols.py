@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from binary_tensors import (
+
+from resnet_serving.binary_tensors import (
     CONTENT_TYPE,
     HEADER,
     RESPONSE_HEADER,
@@ -40,9 +41,9 @@ from binary_tensors import (
     serialized_fp32,
     split_body,
 )
-from input_errors import BadInput, bad_request
-from request_options import parse_topk, preview
-from request_payload import OPTION_HEADERS, extract_payload, image_bytes
+from resnet_serving.input_errors import BadInput, bad_request
+from resnet_serving.request_options import parse_topk, preview
+from resnet_serving.request_payload import OPTION_HEADERS, extract_payload, image_bytes
 
 PREDICTIONS, KSERVE_V1, OPEN_INFERENCE = "predictions", "v1", "v2"
 #: The outputs of an Open Inference answer, in the order they are returned.

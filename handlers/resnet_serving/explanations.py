@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from inference_protocols import KSERVE_V1, OPEN_INFERENCE, PREDICTIONS, ParsedRequest
-from input_errors import BadInput
-from serving_schema import Preprocessing
+
+from resnet_serving.inference_protocols import KSERVE_V1, OPEN_INFERENCE, PREDICTIONS, ParsedRequest
+from resnet_serving.input_errors import BadInput
+from resnet_serving.serving_schema import Preprocessing
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 

@@ -16,8 +16,9 @@ import io
 import warnings
 
 import numpy as np
-from input_errors import BadInput, bad_request
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from resnet_serving.input_errors import BadInput, bad_request
 
 # (phone photos in MPO format open through the JPEG plugin.)
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from input_errors import BadInput, bad_request
-from request_options import preview
+from resnet_serving.input_errors import BadInput, bad_request
+from resnet_serving.request_options import preview
 
 #: Where an image may be: the raw body first, then the usual multipart field names.
 IMAGE_FIELDS = ("body", "data", "image", "file")

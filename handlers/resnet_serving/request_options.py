@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from input_errors import bad_request
+from resnet_serving.input_errors import bad_request
 
 #: More digits than any class count needs; the value is clamped to the classes anyway.
 MAX_DIGITS = 6

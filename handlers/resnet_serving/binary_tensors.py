@@ -20,7 +20,7 @@ import json
 import struct
 from collections.abc import Sequence
 
-from input_errors import bad_request
+from resnet_serving.input_errors import bad_request
 
 #: The request and response header (lower case: the handler's headers are).
 HEADER = "inference-header-content-length"
