@@ -4,6 +4,7 @@ seed 0) and ``flowers``, a user's fine-tuned resnet18 checkpoint with its own la
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -39,3 +40,16 @@ def max_response_size() -> int:
     lines = (REPO_ROOT / "config.properties").read_text().splitlines()
     (value,) = [line.split("=", 1)[1] for line in lines if line.startswith("max_response_size=")]
     return int(value)
+
+
+def one_model_server_files(model_store: Path, folder: Path, name: str = "resnet18") -> tuple:
+    """What ``python -m resnet_mar serve`` is given in the tests that start their own server: a
+    store holding one archive and config.properties on free ports, in ``folder``."""
+    from resnet_mar.torchserve import config_with_free_ports
+
+    store = folder / "store"
+    store.mkdir()
+    shutil.copy(model_store / f"{name}.mar", store)
+    config = folder / "config.properties"
+    config.write_text(config_with_free_ports((REPO_ROOT / "config.properties").read_text()))
+    return store, config

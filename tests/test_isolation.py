@@ -22,9 +22,10 @@ from resnet_mar.server_doors import (
     isolation_prefix,
     namespace_cause,
 )
-from resnet_mar.torchserve import ServerState, config_with_free_ports
+from resnet_mar.torchserve import ServerState
 from tests.reference import assert_same_answer, reference_answer
 from tests.seccomp_filter import forbid_unshare
+from tests.served_models import one_model_server_files
 
 NOBODY = 65534
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -109,11 +110,7 @@ def test_make_serve_under_a_container_profile(
 ) -> None:
     """As root under a Docker-like filter: auto starts with its one-line warning and answers as
     the reference does; namespace refuses to start and leaves nothing running."""
-    store = tmp_path / "store"
-    store.mkdir()
-    shutil.copy(model_store / "resnet18.mar", store)
-    config = tmp_path / "config.properties"
-    config.write_text(config_with_free_ports((REPO_ROOT / "config.properties").read_text()))
+    store, config = one_model_server_files(model_store, tmp_path)
 
     def serve(folder: Path, isolation: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -161,11 +158,7 @@ def test_make_serve_as_another_user_under_a_container_profile(
     assert SYSTEM_PYTHON.exists(), f"{SYSTEM_PYTHON} is needed to serve as another user"
     home = Path(tempfile.mkdtemp(prefix="serve-as-nobody-"))
     try:
-        store = home / "store"
-        store.mkdir()
-        shutil.copy(model_store / "resnet18.mar", store)
-        config = home / "config.properties"
-        config.write_text(config_with_free_ports((REPO_ROOT / "config.properties").read_text()))
+        store, config = one_model_server_files(model_store, home)
         launcher = home / "bin" / "torchserve"
         launcher.parent.mkdir()
         launcher.write_text(

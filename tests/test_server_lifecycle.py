@@ -18,9 +18,10 @@ import pytest
 import requests
 
 from resnet_mar.server_doors import REPO_ROOT, ServerFolder, config_addresses, host_and_port
-from resnet_mar.torchserve import ServerState, _members, config_with_free_ports, management_call
+from resnet_mar.torchserve import ServerState, _members, management_call
 from tests.flood import Flood
 from tests.reference import assert_same_answer, reference_answer
+from tests.served_models import one_model_server_files
 
 pytestmark = pytest.mark.integration
 
@@ -43,11 +44,7 @@ def workers(endpoint: str) -> list[str]:
 def test_serve_scale_drain_and_stop(
     model_store: Path, tmp_path: Path, photo_bytes, references
 ) -> None:
-    store = tmp_path / "store"
-    store.mkdir()
-    shutil.copy(model_store / "resnet18.mar", store)
-    config = tmp_path / "config.properties"
-    config.write_text(config_with_free_ports((REPO_ROOT / "config.properties").read_text()))
+    store, config = one_model_server_files(model_store, tmp_path)
     folder = ServerFolder(tmp_path / "run")
 
     assert shutil.which("taskset"), "taskset (util-linux) is needed for this test"
@@ -117,11 +114,7 @@ def test_a_taken_port_fails_the_start_and_leaves_nothing_running(
 ) -> None:
     """The inference port already taken: serve fails saying so, and no process of the server
     (Java, its workers, a door) outlives the failure."""
-    store = tmp_path / "store"
-    store.mkdir()
-    shutil.copy(model_store / "resnet18.mar", store)
-    config = tmp_path / "config.properties"
-    config.write_text(config_with_free_ports((REPO_ROOT / "config.properties").read_text()))
+    store, config = one_model_server_files(model_store, tmp_path)
     folder = ServerFolder(tmp_path / "run")
     host, port = host_and_port(config_addresses(config.read_text())["inference"])
     with socket.socket() as taken:
