@@ -37,6 +37,7 @@ import torch
 from resnet_serving.compute_gate import ComputeGate
 from resnet_serving.cpu_budget import usable_cpus
 from resnet_serving.envelope_bypass import bypass_envelopes
+from resnet_serving.explanation_turns import ExplanationTurns
 from resnet_serving.explanations import (
     black_baseline,
     channels_last,
@@ -46,7 +47,7 @@ from resnet_serving.explanations import (
     refusal,
     unavailable,
 )
-from resnet_serving.image_decoding import decode_rgb
+from resnet_serving.image_decoding import DecodeBudget, decoded_rgb, share_one_malloc_arena
 from resnet_serving.inference_protocols import (
     Answer,
     ModelIdentity,
@@ -69,18 +70,24 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def decode_image(data: bytes, settings: HandlerSettings) -> torch.Tensor:
+def decode_image(
+    data: bytes, settings: HandlerSettings, budget: DecodeBudget | None = None
+) -> torch.Tensor:
     """Encoded bytes -> the crop the model sees, as a 3 x crop x crop uint8 view of the pixels.
 
     It runs on the decoding threads, so it does no arithmetic in torch: a torch op there would
-    start a second OpenMP team per thread, competing with the model's for the cores."""
+    start a second OpenMP team per thread, competing with the model's for the cores. They share
+    ``budget``, which bounds the decoded bytes they hold at once (alone without one)."""
     pre = settings.preprocessing
-    image = decode_rgb(
+    with decoded_rgb(
         data,
+        budget or DecodeBudget(settings.max_decoded_bytes),
         max_pixels=settings.max_image_pixels,
+        max_bytes=settings.max_decoded_bytes,
+        max_jpeg_scans=settings.max_jpeg_scans,
         draft_min_side=settings.jpeg_draft_factor * pre.resize_size,  # 0: full decode
-    )
-    pixels = resized_center_crop(image, pre.resize_size, pre.crop_size, pre.interpolation)
+    ) as image:
+        pixels = resized_center_crop(image, pre.resize_size, pre.crop_size, pre.interpolation)
     return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
@@ -187,6 +194,8 @@ class ResNetClassifierHandler:
     def initialize(self, context: Any) -> None:
         model_dir = context.system_properties["model_dir"]
         self.settings = ModelConfig.from_dict(context.model_yaml_config).handler
+        if not share_one_malloc_arena():
+            logger.info("not glibc: decoding memory is bounded per decoding thread")
         advice = environment_advice(self.settings.worker_environment, os.environ)
         if advice:
             logger.warning(advice)
@@ -197,11 +206,13 @@ class ResNetClassifierHandler:
         )
         self.labels = load_labels(model_dir)
         self._cannot_explain = unavailable(self.settings.model_format)
+        self._explanation_turns = ExplanationTurns(self.settings.explanation_share)
         self.identity = ModelIdentity(
             name=context.model_name, version=str(context.manifest["model"].get("modelVersion", ""))
         )
         self.metrics = RequestMetrics(context)
         self._decoders = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode")
+        self._decode_budget = DecodeBudget(self.settings.max_decoded_bytes)
         self._gate = ComputeGate()
         with self._gate:
             self._warm_up()
@@ -257,13 +268,17 @@ class ResNetClassifierHandler:
         """Decode on as many threads as the model may use: Pillow decodes and resizes without
         holding the GIL, and these threads run no torch ops (see ``decode_image``)."""
         return list(
-            self._decoders.map(lambda data: guarded(decode_image, data, self.settings), images)
+            self._decoders.map(
+                lambda data: guarded(decode_image, data, self.settings, self._decode_budget),
+                images,
+            )
         )
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         started = time.perf_counter()
         headers = [http_headers(context, idx) for idx in range(len(data))]
         parsed = [guarded(self._read, request, headers[idx]) for idx, request in enumerate(data)]
+        parsed = self._explanations_in_turn(parsed)
         with self._gate:  # decoding and the forward pass use all cores: one model at a time
             crops = self._decode_requests(parsed)
             good = [crop for own in crops if isinstance(own, list) for crop in own]
@@ -309,19 +324,37 @@ class ResNetClassifierHandler:
             raise dataclasses.replace(refused)
         return parsed
 
+    def _explanations_in_turn(
+        self, parsed: list[ParsedRequest | BadInput]
+    ) -> list[ParsedRequest | BadInput]:
+        """The batch with its explanation requests that must wait answered 503 (before they are
+        decoded): each costs ``ig_steps`` forward and backward passes, on all cores, and the
+        predictions queued behind it wait for it."""
+        explaining = [
+            idx for idx, request in enumerate(parsed)
+            if isinstance(request, ParsedRequest) and request.explain
+        ]  # fmt: skip
+        admitted = self._explanation_turns.admitted(len(explaining))
+        waiting = {idx for idx, runs in zip(explaining, admitted, strict=True) if not runs}
+        return [
+            self._explanation_turns.busy() if idx in waiting else request
+            for idx, request in enumerate(parsed)
+        ]
+
     def _explain_requests(
         self,
         parsed: list[ParsedRequest | BadInput],
         crops: list[list[torch.Tensor] | BadInput],
         rows: list[list[torch.Tensor]],
     ) -> dict[int, Answer | BadInput]:
-        """Each explanation request's answer (or refusal) by its index, one after the other:
-        each costs ``ig_steps`` forward and backward passes, on all cores."""
-        return {
-            idx: guarded(self.explain, own[0], rows[idx][0], request.protocol)
-            for idx, (request, own) in enumerate(zip(parsed, crops, strict=True))
-            if isinstance(request, ParsedRequest) and request.explain and isinstance(own, list)
-        }
+        """The admitted explanation's answer (or refusal) by its index; its time sets when the
+        next one may run."""
+        answers = {}
+        for idx, (request, own) in enumerate(zip(parsed, crops, strict=True)):
+            if isinstance(request, ParsedRequest) and request.explain and isinstance(own, list):
+                with self._explanation_turns.turn():
+                    answers[idx] = guarded(self.explain, own[0], rows[idx][0], request.protocol)
+        return answers
 
     def explain(self, crop: torch.Tensor, probabilities: torch.Tensor, protocol: str) -> Answer:
         """Integrated gradients of the top-1 class of one decoded image, from the black picture
@@ -378,7 +411,9 @@ class ResNetClassifierHandler:
         """The body for request ``idx`` and its outcome for the metrics; sets its status, content
         type and headers (errors are JSON too: KServe's model server reads an error's message
         only from a JSON body)."""
+        retry_after_s = None
         if isinstance(outcome, BadInput):
+            retry_after_s = outcome.retry_after_s
             context.set_response_status(outcome.status, outcome.kind, idx)
             logger.info(
                 "request %d refused: %d %s %s (fields %s)",
@@ -393,6 +428,8 @@ class ResNetClassifierHandler:
         else:
             kind = ANSWERED
         context.set_response_content_type(idx, outcome.content_type)
+        if retry_after_s is not None:
+            context.set_response_header(idx, "Retry-After", str(retry_after_s))
         for name, value in outcome.headers:
             context.set_response_header(idx, name, value)
         return outcome.body, kind

@@ -17,6 +17,7 @@ without building anything (``VALID_NAMES``, ``BROKEN_NAMES``) so tests can be pa
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import zlib
@@ -25,6 +26,16 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+
+from resnet_serving.serving_schema import HandlerSettings
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(HandlerSettings)}
+#: The handler's decoding bounds, as the schema states them (``decode_rgb``'s keywords).
+DECODE_LIMITS = {
+    "max_pixels": _DEFAULTS["max_image_pixels"],
+    "max_bytes": _DEFAULTS["max_decoded_bytes"],
+    "max_jpeg_scans": _DEFAULTS["max_jpeg_scans"],
+}
 
 #: Every photo is first shrunk to this size: small enough to be fast, not square (so a rotation
 #: shows in the size), and with odd sides (JPEG and BMP row padding, partial MCUs).
@@ -490,3 +501,29 @@ def broken_inputs(photo: Image.Image) -> dict[str, BrokenCase]:
     """Every broken case, made from ``photo`` (any size and mode)."""
     small = small_photo(photo)
     return {name: build(small) for name, build in _BROKEN.items()}
+
+
+# --- what costs the decoder most: large but legal, and past its bounds -----------------------
+
+
+def progressive_jpeg(side: int, repeated_scans: int = 0) -> bytes:
+    """A progressive JPEG whose last scan is sent ``repeated_scans`` more times (libjpeg
+    decodes every one of them over the whole picture)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 30, 200)).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    last_scan = data[data.rfind(b"\xff\xda") : -2]
+    return data[:-2] + last_scan * repeated_scans + b"\xff\xd9"
+
+
+def sixteen_bit_png(side: int, color_type: int, sample: bytes, transparent: bool) -> bytes:
+    """A side x side PNG of 16-bit ``sample`` everywhere, compressed a row at a time (the raw
+    rows of a large one would take hundreds of MB here)."""
+    compressor, row = zlib.compressobj(), b"\x00" + sample * side
+    rows = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 16, color_type, 0, 0, 0)
+    chunks = png_chunk(b"IHDR", header)
+    if transparent:  # this very grey value is transparent: composited onto white
+        chunks += png_chunk(b"tRNS", sample)
+    chunks += png_chunk(b"IDAT", rows) + png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks

@@ -25,6 +25,20 @@ def peak_rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmHWM for process {pid}")
 
 
+def resident_mb(pid: int) -> float:
+    """A process's resident memory now (VmRSS), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start a process's VmHWM afresh from its VmRSS (Linux >= 4.0, as its owner or root), so
+    a test measures its own peak, not one an earlier test left."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def java_pid(server: RunningServer) -> int:
     return int((server.folder.tmp / ".model_server.pid").read_text().strip())
 

@@ -26,8 +26,15 @@ from resnet_mar.export import PREPROCESSING_FILE, export_torchscript, prepare_fo
 from resnet_mar.torchserve import REPO_ROOT
 from resnet_mar.weights import STANDARD_IMAGENET, load_weights, reference_transforms
 from resnet_serving.image_decoding import decode_rgb
-from resnet_serving.serving_schema import HandlerSettings, Preprocessing
-from tests.odd_images import VALID_NAMES, broken_inputs, encode, small_photo, valid_images
+from resnet_serving.serving_schema import Preprocessing
+from tests.odd_images import (
+    DECODE_LIMITS,
+    VALID_NAMES,
+    broken_inputs,
+    encode,
+    small_photo,
+    valid_images,
+)
 from tests.reference import reference_answer
 
 pytestmark = pytest.mark.builds  # builds models itself: left out of make check
@@ -81,12 +88,6 @@ def load_model(path: Path) -> torch.jit.ScriptModule:
     return torch.jit.load(str(path), map_location="cpu").eval()
 
 
-#: The handler's pixel limit, as the schema states it.
-MAX_IMAGE_PIXELS = next(
-    f.default for f in dataclasses.fields(HandlerSettings) if f.name == "max_image_pixels"
-)
-
-
 def labels_of(model_file: Path) -> dict[str, str]:
     """The label map the build wrote for ``model_file``."""
     return json.loads((model_file.with_suffix("") / "index_to_name.json").read_text())
@@ -109,7 +110,7 @@ def assert_matches_reference(
     picture the handler decodes from the same bytes."""
     crop_file = tmp_path / f"{image.stem}.ppm"
     answer = classify_answer(classify, model_file, image, crop=crop_file)
-    picture = decode_rgb(image.read_bytes(), max_pixels=MAX_IMAGE_PIXELS)
+    picture = decode_rgb(image.read_bytes(), **DECODE_LIMITS)
     crop = np.asarray(Image.open(crop_file))
     expected_crop = python_crop(picture, preprocessing)
     assert crop.shape == expected_crop.shape

@@ -26,7 +26,7 @@ from resnet_serving.inference_protocols import read_request
 from resnet_serving.input_errors import BadInput
 from resnet_serving.request_payload import extract_payload
 from resnet_serving.serving_schema import HandlerSettings
-from tests.odd_images import VALID_NAMES, valid_images
+from tests.odd_images import DECODE_LIMITS, VALID_NAMES, valid_images
 from tests.photos import PHOTOS
 
 # Pillow warns about the corrupt metadata it skips: expected here.
@@ -75,7 +75,9 @@ def seeds() -> dict[str, bytes]:
 def decodes_or_refuses(data: bytes, draft_min_side: int = 0) -> Image.Image | None:
     """The property: an RGB picture, or a BadInput with a 4xx status; nothing else."""
     try:
-        image = decode_rgb(data, max_pixels=MAX_PIXELS, draft_min_side=draft_min_side)
+        image = decode_rgb(
+            data, **{**DECODE_LIMITS, "max_pixels": MAX_PIXELS}, draft_min_side=draft_min_side
+        )
     except BadInput as err:
         assert 400 <= err.status < 500, err.body()
         assert err.kind and err.message

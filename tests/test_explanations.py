@@ -1,6 +1,6 @@
 """Integrated-gradients explanations without a server: completeness on real photos through the
-served (frozen TorchScript) files, the handler's answers and refusals, mixed batches, and the
-cost bound of the archive's settings."""
+served (frozen TorchScript) files, the handler's answers and refusals, mixed batches, the cost
+bound of the archive's settings, and the turns explanations take."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 
 from resnet_handler import decode_image, model_input
 from resnet_mar.weights import STANDARD_IMAGENET, load_weights
+from resnet_serving.explanation_turns import ExplanationTurns
 from resnet_serving.explanations import (
     SIGNIFICANT_DIGITS,
     black_baseline,
@@ -165,7 +166,26 @@ def test_values_are_rounded_to_four_significant_digits() -> None:
 
 def handled(handler, context, requests: list[dict], headers: list[dict]) -> list:
     context.headers, context.statuses, context.content_types = headers, {}, {}
+    context.response_headers = {}
     return handler.handle(requests, context)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def fresh_turns(request: pytest.FixtureRequest) -> FakeClock:
+    """Each test starts with the module's handler free to explain, on a clock of its own."""
+    clock = FakeClock()
+    if "handler_and_context" in request.fixturenames:
+        handler, _ = request.getfixturevalue("handler_and_context")
+        handler._explanation_turns = ExplanationTurns(handler.settings.explanation_share, clock)
+    return clock
 
 
 def test_an_explanation_request_gets_its_top1_map_as_compact_json(
@@ -206,15 +226,65 @@ def test_a_mixed_batch_answers_each_request_by_what_it_asked(
         {"body": b"not an image"},
         {"body": b"not an image either"},
     ]
-    headers = [{"explain": "False"}, EXPLAIN, {"X-TopK": "2"}, EXPLAIN, {}]
+    headers = [{"explain": "False"}, EXPLAIN, {"X-TopK": "2"}, {}, EXPLAIN]
     answers = handled(handler, context, requests, headers)
     assert_same_answer(answers[0], reference_answer(model, labels, photo_bytes["chelsea"]))
     assert_same_answer(answers[2], reference_answer(model, labels, photo_bytes["astronaut"], 2))
     explained = json.loads(answers[1])
     top1 = reference_answer(model, labels, photo_bytes["rocket"], topk=1)
     assert explained["label"] == next(iter(top1))
-    assert context.statuses == {3: (400, "NotAnImage"), 4: (400, "NotAnImage")}
-    assert answers[3]["type"] == answers[4]["type"] == "NotAnImage"
+    # the batch's second explanation waits its turn, before its body is even decoded
+    assert context.statuses == {3: (400, "NotAnImage"), 4: (503, "ExplanationsBusy")}
+    assert answers[3]["type"] == "NotAnImage" and answers[4]["type"] == "ExplanationsBusy"
+
+
+def test_an_explanation_that_fails_to_decode_leaves_the_turn_free(
+    handler_and_context, photo_bytes
+) -> None:
+    handler, context = handler_and_context
+    handled(handler, context, [{"body": b"not an image"}], [EXPLAIN])
+    assert context.statuses == {0: (400, "NotAnImage")}
+    (answer,) = handled(handler, context, [{"body": photo_bytes["rocket"]}], [EXPLAIN])
+    assert context.statuses == {} and json.loads(answer)["steps"] == handler.settings.ig_steps
+
+
+def test_explanations_take_their_share_of_the_worker_and_the_rest_wait(
+    handler_and_context, photo_bytes, fresh_turns: FakeClock, monkeypatch
+) -> None:
+    """One explanation a batch; after one that took t seconds, the next waits
+    t * (1 - share) / share, and those that come meanwhile get 503 with a Retry-After."""
+    handler, context = handler_and_context
+    settings = dataclasses.replace(handler.settings, ig_steps=2)  # the cost is not the point
+    monkeypatch.setattr(handler, "settings", settings)
+    share = settings.explanation_share
+    explain = handler.explain
+
+    def taking_three_seconds(*args):
+        fresh_turns.now += 3.0
+        return explain(*args)
+
+    monkeypatch.setattr(handler, "explain", taking_three_seconds)
+    photo = {"body": photo_bytes["rocket"]}
+    wait = 3.0 * (1 - share) / share
+    answers = handled(handler, context, [photo] * 3, [EXPLAIN] * 3)
+    assert json.loads(answers[0])["steps"] == 2
+    assert context.statuses == {1: (503, "ExplanationsBusy"), 2: (503, "ExplanationsBusy")}
+    assert f"{share:.0%} of its time" in answers[1]["message"]
+    fresh_turns.now += wait - 0.5
+    answers = handled(handler, context, [photo, photo], [EXPLAIN, {}])
+    assert context.statuses == {0: (503, "ExplanationsBusy")}
+    assert context.response_headers[0]["Retry-After"] == "1"
+    assert "retry in 1 s" in answers[0]["message"]
+    assert len(answers[1]) == handler.settings.topk  # predictions never wait their turn
+    fresh_turns.now += 0.5
+    (answer,) = handled(handler, context, [photo], [EXPLAIN])
+    assert context.statuses == {} and json.loads(answer)["steps"] == 2
+
+
+@pytest.mark.parametrize("share", [0.0, -0.5, 1.5])
+def test_an_explanation_share_outside_0_to_1_is_refused_at_build_time(share: float) -> None:
+    with pytest.raises(ValueError, match="explanation_share must be in"):
+        dataclasses.replace(DEFAULTS, explanation_share=share)
 
 
 def test_without_captum_explanations_are_501_and_predictions_still_answered(

@@ -7,34 +7,44 @@ module under test.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import struct
+import subprocess
+import sys
+import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from resnet_serving.image_decoding import decode_rgb
+from resnet_serving.image_decoding import (
+    DecodeBudget,
+    decode_rgb,
+    decoded_bytes,
+    decoded_rgb,
+    jpeg_scan_count,
+)
 from resnet_serving.input_errors import BadInput
 from resnet_serving.request_payload import extract_payload
-from resnet_serving.serving_schema import HandlerSettings
 from tests.odd_images import (
     BROKEN_NAMES,
+    DECODE_LIMITS,
     VALID_NAMES,
     BrokenCase,
     ValidCase,
     broken_inputs,
     encode,
+    png_file,
+    progressive_jpeg,
+    sixteen_bit_png,
     valid_images,
 )
 
 #: The handler's default pixel limit, as the schema states it.
-MAX_PIXELS = next(
-    f.default for f in dataclasses.fields(HandlerSettings) if f.name == "max_image_pixels"
-)
+MAX_PIXELS = DECODE_LIMITS["max_pixels"]
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 LOSSLESS = {
     name
@@ -70,7 +80,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 def refusal(data: bytes, **kwargs: int) -> BadInput:
     with pytest.raises(BadInput) as caught:
-        decode_rgb(data, max_pixels=kwargs.pop("max_pixels", MAX_PIXELS), **kwargs)
+        decode_rgb(data, **{**DECODE_LIMITS, **kwargs})
     return caught.value
 
 
@@ -87,7 +97,7 @@ def test_lossless_and_lossy_cases_are_told_apart() -> None:
 @pytest.mark.parametrize("name", VALID_NAMES)
 def test_odd_valid_image_decodes_like_reference(name: str, odd_valid: dict[str, ValidCase]):
     case = odd_valid[name]
-    image = decode_rgb(case.data, max_pixels=MAX_PIXELS)
+    image = decode_rgb(case.data, **DECODE_LIMITS)
     assert image.mode == "RGB"
     assert image.size == case.reference.size
     difference = np.abs(pixels(image) - pixels(case.reference))
@@ -108,7 +118,7 @@ def test_exif_orientation_is_applied(odd_valid: dict[str, ValidCase], cat: Image
     with Image.open(io.BytesIO(case.data)) as stored:
         assert stored.getexif()[0x0112] == 6
         assert stored.size == case.reference.size[::-1]  # stored on its side
-    image = decode_rgb(case.data, max_pixels=MAX_PIXELS)
+    image = decode_rgb(case.data, **DECODE_LIMITS)
     assert image.size[0] > image.size[1]  # upright, like the cat photo
     assert image.size == case.source.size
 
@@ -116,13 +126,13 @@ def test_exif_orientation_is_applied(odd_valid: dict[str, ValidCase], cat: Image
 def test_transparent_pixels_become_white(odd_valid: dict[str, ValidCase]) -> None:
     """The alpha ramp of these cases is fully transparent in the first column."""
     for name in ("png_rgba", "png_la", "webp_lossless_rgba", "tiff_rgba"):
-        image = decode_rgb(odd_valid[name].data, max_pixels=MAX_PIXELS)
+        image = decode_rgb(odd_valid[name].data, **DECODE_LIMITS)
         assert (pixels(image)[:, 0] == 255).all(), name
 
 
 def test_sixteen_bit_is_scaled_not_clipped(odd_valid: dict[str, ValidCase]) -> None:
     for name in ("png_16bit_gray", "png_16bit_rgb"):
-        image = pixels(decode_rgb(odd_valid[name].data, max_pixels=MAX_PIXELS))
+        image = pixels(decode_rgb(odd_valid[name].data, **DECODE_LIMITS))
         assert (image < 250).mean() > 0.9 and image.std() > 20, name  # not all 255
 
 
@@ -131,7 +141,7 @@ def test_sixteen_bit_transparency_is_the_exact_value(odd_valid: dict[str, ValidC
     with Image.open(io.BytesIO(case.data)) as image:
         samples = np.asarray(image)
         transparent = image.info["transparency"]
-    decoded = pixels(decode_rgb(case.data, max_pixels=MAX_PIXELS))[..., 0]
+    decoded = pixels(decode_rgb(case.data, **DECODE_LIMITS))[..., 0]
     assert (decoded[samples == transparent] == 255).all()
     others = samples != transparent
     assert (decoded[others] == samples[others] // 257).all()
@@ -143,14 +153,14 @@ def test_animated_gif_uses_first_frame(odd_valid: dict[str, ValidCase]) -> None:
         assert image.n_frames == 3
         image.seek(1)
         second = image.convert("RGB")
-    decoded = decode_rgb(case.data, max_pixels=MAX_PIXELS)
+    decoded = decode_rgb(case.data, **DECODE_LIMITS)
     assert np.array_equal(pixels(decoded), pixels(case.reference))
     assert not np.array_equal(pixels(decoded), pixels(second))
 
 
 @pytest.mark.parametrize("name", ["chelsea", "coffee", "astronaut", "rocket", "grace_hopper"])
 def test_real_photos_decode(name: str, photos: dict[str, Path], photo_bytes: dict[str, bytes]):
-    image = decode_rgb(photo_bytes[name], max_pixels=MAX_PIXELS)
+    image = decode_rgb(photo_bytes[name], **DECODE_LIMITS)
     with Image.open(photos[name]) as original:
         assert image.size == original.size
     assert image.mode == "RGB"
@@ -196,7 +206,7 @@ def test_bomb_is_refused_from_its_header(
         return real_load(self)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", watched_load)
-    decode_rgb(small_png, max_pixels=MAX_PIXELS)
+    decode_rgb(small_png, **DECODE_LIMITS)
     assert loads, "the watch sees pixel decoding"
     loads.clear()
     start = time.perf_counter()
@@ -211,7 +221,118 @@ def test_max_pixels_is_checked_from_the_header(small_png: bytes) -> None:
     error = refusal(small_png, max_pixels=width * height - 1)
     assert (error.status, error.kind) == (413, "ImageTooLarge")
     assert f"{width}x{height}" in error.message
-    assert decode_rgb(small_png, max_pixels=width * height).size == (width, height)
+    limits = {**DECODE_LIMITS, "max_pixels": width * height}
+    assert decode_rgb(small_png, **limits).size == (width, height)
+
+
+def test_a_thin_strip_is_refused_by_its_decoded_bytes() -> None:
+    """Under the pixel limit, over the memory one: Pillow keeps a row pointer per row, so a
+    one-pixel-wide picture costs three times its pixels."""
+    height = DECODE_LIMITS["max_bytes"] // 12 + 1
+    assert height < DECODE_LIMITS["max_pixels"]
+    strip = png_file(1, height, 8, 0, zlib.compress(b"\x00\x80" * height, 9))
+    start = time.perf_counter()
+    error = refusal(strip)
+    assert time.perf_counter() - start < 0.5
+    assert (error.status, error.kind) == (413, "ImageTooLarge")
+    assert f"1x{height}" in error.message and "bytes" in error.message
+    assert f"{decoded_bytes(1, height)} bytes" in error.message
+
+
+def test_jpeg_scans_are_counted_for_the_first_picture_only(photo_bytes) -> None:
+    progressive = progressive_jpeg(64)
+    assert jpeg_scan_count(encode(Image.new("RGB", (64, 64)), "JPEG")) == 1
+    assert jpeg_scan_count(progressive) == progressive.count(b"\xff\xda") > 1
+    assert jpeg_scan_count(progressive_jpeg(64, 7)) == jpeg_scan_count(progressive) + 7
+    # a thumbnail inside an APP segment has scans of its own: they are not the picture's
+    thumbnail = progressive_jpeg(16, 40)
+    app2 = b"\xff\xe2" + struct.pack(">H", len(thumbnail) + 2) + thumbnail
+    with_thumbnail = progressive[:2] + app2 + progressive[2:]
+    assert jpeg_scan_count(with_thumbnail) == jpeg_scan_count(progressive)
+    assert decode_rgb(with_thumbnail, **DECODE_LIMITS).size == (64, 64)
+
+
+def test_a_jpeg_repeating_its_scans_is_refused_before_decoding(monkeypatch) -> None:
+    bomb = progressive_jpeg(2000, 5000)
+    assert len(bomb) < 200_000
+    loads: list[object] = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: loads.append(image))
+    start = time.perf_counter()
+    error = refusal(bomb)
+    assert time.perf_counter() - start < 0.5
+    assert not loads, "pixels were decoded before the scans were counted"
+    assert (error.status, error.kind) == (413, "ImageTooComplex")
+    assert f"{jpeg_scan_count(bomb)} scans" in error.message
+    assert f"limit of {DECODE_LIMITS['max_jpeg_scans']}" in error.message
+
+
+def test_a_progressive_jpeg_within_the_scan_limit_decodes() -> None:
+    ordinary = progressive_jpeg(300)
+    spare = DECODE_LIMITS["max_jpeg_scans"] - jpeg_scan_count(ordinary)
+    assert decode_rgb(progressive_jpeg(300, spare), **DECODE_LIMITS).size == (300, 300)
+    assert refusal(progressive_jpeg(300, spare + 1)).kind == "ImageTooComplex"
+
+
+#: VmHWM, not ru_maxrss: the latter survives exec, so a child would report its parent's peak.
+PEAK_SCRIPT = """
+import re, sys
+from resnet_serving.image_decoding import decode_rgb
+sys.path.insert(0, ".")
+from tests.odd_images import DECODE_LIMITS
+def kilobytes(field):
+    return int(re.search(field + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+data = open(sys.argv[1], "rb").read()
+before = kilobytes("VmRSS")
+decode_rgb(data, **DECODE_LIMITS)
+print((kilobytes("VmHWM") - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize(
+    ("color_type", "sample", "transparent"),
+    [(6, b"\x80" * 8, False), (0, b"\x80\x80", True)],
+    ids=["rgba16", "grey16_transparent"],
+)
+def test_decoding_peaks_at_three_times_the_decoded_bytes(
+    color_type: int, sample: bytes, transparent: bool, tmp_path: Path
+) -> None:
+    """The bound max_decoded_bytes documents: the worst modes (alpha to composite, 16-bit
+    samples to scale) hold at most three RGB pictures at once; measured in a fresh process."""
+    side = 3000
+    image = tmp_path / "large.png"
+    image.write_bytes(sixteen_bit_png(side, color_type, sample, transparent))
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, str(image)],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    peak = int(result.stdout)
+    share = decoded_bytes(side, side)
+    assert share <= peak <= 3 * share + 16 * 2**20, (peak, share)
+
+
+def test_the_decode_budget_holds_what_it_allows() -> None:
+    """Three images of 60 in a budget of 100 decode one after another; two of 40 together."""
+    budget = DecodeBudget(100)
+    held, peak, lock = [0], [0], threading.Lock()
+
+    def decode(amount: int) -> None:
+        with budget.held(amount):
+            with lock:
+                held[0] += amount
+                peak[0] = max(peak[0], held[0])
+            time.sleep(0.05)
+            with lock:
+                held[0] -= amount
+
+    for amounts, most in (([60, 60, 60], 60), ([40, 40], 80)):
+        peak[0] = 0
+        threads = [threading.Thread(target=decode, args=(amount,)) for amount in amounts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert peak[0] == most
 
 
 # --- decode_rgb: JPEG draft mode ---------------------------------------------------------------
@@ -223,9 +344,9 @@ def large_jpeg(cat: Image.Image) -> bytes:
 
 
 def test_draft_decodes_a_large_jpeg_smaller(large_jpeg: bytes) -> None:
-    full = decode_rgb(large_jpeg, max_pixels=MAX_PIXELS)
+    full = decode_rgb(large_jpeg, **DECODE_LIMITS)
     assert full.size == (4000, 3000)
-    drafted = decode_rgb(large_jpeg, max_pixels=MAX_PIXELS, draft_min_side=512)
+    drafted = decode_rgb(large_jpeg, **DECODE_LIMITS, draft_min_side=512)
     assert drafted.mode == "RGB"
     assert drafted.size[0] < 4000 and drafted.size[1] < 3000
     assert min(drafted.size) >= 512
@@ -238,12 +359,12 @@ def test_draft_decodes_a_large_jpeg_smaller(large_jpeg: bytes) -> None:
 def test_draft_keeps_a_small_jpeg_whole(cat: Image.Image) -> None:
     for size in [(1000, 1000), (2000, 1000), cat.size]:  # a side under 2 x 512: no reduction
         data = encode(cat.resize(size), "JPEG", quality=90)
-        assert decode_rgb(data, max_pixels=MAX_PIXELS, draft_min_side=512).size == size
+        assert decode_rgb(data, **DECODE_LIMITS, draft_min_side=512).size == size
 
 
 def test_draft_only_touches_jpeg(cat: Image.Image) -> None:
     data = encode(cat.resize((1200, 1100)), "PNG")
-    assert decode_rgb(data, max_pixels=MAX_PIXELS, draft_min_side=256).size == (1200, 1100)
+    assert decode_rgb(data, **DECODE_LIMITS, draft_min_side=256).size == (1200, 1100)
 
 
 def test_draft_then_exif_orientation(cat: Image.Image) -> None:
@@ -251,7 +372,7 @@ def test_draft_then_exif_orientation(cat: Image.Image) -> None:
     exif[0x0112] = 6
     stored = cat.resize((2200, 1100)).transpose(Image.Transpose.ROTATE_90)  # 1100 x 2200
     data = encode(stored, "JPEG", quality=85, exif=exif)
-    assert decode_rgb(data, max_pixels=MAX_PIXELS, draft_min_side=512).size == (1100, 550)
+    assert decode_rgb(data, **DECODE_LIMITS, draft_min_side=512).size == (1100, 550)
 
 
 # --- extract_payload ---------------------------------------------------------------------------
@@ -393,7 +514,7 @@ def test_form_urlencoded_base64_decodes(odd_valid: dict[str, ValidCase]) -> None
     headers = {**FORM, "x-topk": "1"}
     payload = extract_payload(torchserve_form(base64.b64encode(case.data).decode()), headers)
     assert payload.options == {"topk": "1"}
-    image = decode_rgb(payload.image, max_pixels=MAX_PIXELS)
+    image = decode_rgb(payload.image, **DECODE_LIMITS)
     assert np.array_equal(pixels(image), pixels(case.reference))
 
 
@@ -417,5 +538,20 @@ def test_payload_then_decode(name: str, odd_valid: dict[str, ValidCase]) -> None
     case = odd_valid[name]
     text = base64.b64encode(case.data).decode()
     for request in [{"body": case.data}, {"file": bytearray(case.data)}, {"body": {"data": text}}]:
-        image = decode_rgb(payload_image(request), max_pixels=MAX_PIXELS)
+        image = decode_rgb(payload_image(request), **DECODE_LIMITS)
         assert np.abs(pixels(image) - pixels(case.reference)).max() <= case.tolerance
+
+
+def test_a_decoded_picture_holds_its_share_of_the_budget_until_it_is_freed(small_png) -> None:
+    budget = DecodeBudget(10**9)
+    with decoded_rgb(small_png, budget, **DECODE_LIMITS) as picture:
+        assert budget._used == decoded_bytes(*picture.size) > 0
+        assert picture.mode == "RGB"
+        np.asarray(picture)  # readable inside the block
+    assert budget._used == 0
+    with pytest.raises(ValueError):  # freed: Pillow refuses to read a closed picture
+        picture.load()
+        np.asarray(picture)
+    with pytest.raises(BadInput), decoded_rgb(b"not an image", budget, **DECODE_LIMITS):
+        pass
+    assert budget._used == 0

@@ -9,6 +9,9 @@ import io
 import json
 import shutil
 import subprocess
+import threading
+import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,11 +22,18 @@ from PIL import Image
 
 from resnet_mar.torchserve import RunningServer
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
-from tests.odd_images import broken_inputs, valid_images
+from tests.odd_images import (
+    DECODE_LIMITS,
+    broken_inputs,
+    png_file,
+    progressive_jpeg,
+    sixteen_bit_png,
+    valid_images,
+)
 from tests.photos import PHOTOS
 from tests.reference import STANDARD_IMAGENET, assert_same_answer, reference_answer
 from tests.served_models import CUSTOM_LABELS, MODELS, VERSION, max_response_size
-from tests.server_probes import worker_pids
+from tests.server_probes import peak_rss_mb, reset_peak_rss, resident_mb, worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -203,6 +213,16 @@ def test_concurrent_mixed_requests_each_answered_alone(server, references, photo
     assert worker_pids(server) == pids_before
 
 
+def in_turn(send, attempts: int = 10) -> requests.Response:
+    """An explanation as a client should ask for one: again after Retry-After on a 503."""
+    for _ in range(attempts):
+        response = send()
+        if response.status_code != 503:
+            return response
+        time.sleep(int(response.headers["Retry-After"]))
+    return response
+
+
 def check_explanation(explanation: dict, model, labels: dict, body: bytes) -> None:
     """The top-1 class and its probability equal the in-process reference's, and the map's sum
     is that class's logit at the photo minus at the black picture, within Captum's delta (plus
@@ -228,8 +248,8 @@ def test_explanations_endpoint(server, references, photos) -> None:
     assert curl, "curl is needed for this test (apt-get install curl)"
     url = f"{server.endpoints.inference}/explanations/resnet18"
     result = subprocess.run(
-        [curl, "-sS", "-w", "\n%{http_code} %{content_type}", "-T", str(photos["grace_hopper"]),
-         url],
+        [curl, "-sS", "--retry", "10", "-w", "\n%{http_code} %{content_type}",
+         "-T", str(photos["grace_hopper"]), url],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -249,7 +269,7 @@ def test_a_kserve_explanation_among_concurrent_predictions(server, references, p
     url = server.endpoints.inference
 
     def explain():
-        return requests.post(f"{url}/v1/models/resnet18:explain", json=v1, timeout=300)
+        return in_turn(lambda: requests.post(f"{url}/v1/models/resnet18:explain", json=v1))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         explanation = pool.submit(explain)
@@ -271,3 +291,87 @@ def test_body_over_the_request_size_limit_is_413(server) -> None:
     response = predict(server, "predictions/resnet18", twelve_megabytes)
     assert response.status_code == 413
     assert predict(server, "predictions/resnet18", b"").status_code == 400  # still serving
+
+
+def test_decoding_bounds_hold_beside_good_requests(server, references, photo_bytes) -> None:
+    """Sent together: a one-pixel strip under the pixel limit but over the bytes one, a JPEG
+    repeating a scan thousands of times, three large 16-bit RGBA PNGs (legal: the decode budget
+    makes them take turns) and good photos for both models. Each bad one is refused alone, every
+    good one equals its reference, no worker restarts, and the worker's peak memory stays within
+    the documented bound: 3 x max_decoded_bytes."""
+    pids_before = worker_pids(server)
+    (worker,) = pids_before["resnet18"]
+    strip_height = DECODE_LIMITS["max_bytes"] // 12 + 1
+    strip = png_file(1, strip_height, 8, 0, zlib.compress(b"\x00\x80" * strip_height))
+    scans = progressive_jpeg(3000, 3000)
+    large = sixteen_bit_png(7000, 6, b"\x80\x80" * 3 + b"\xff\xff", transparent=False)
+    jobs = [("resnet18", "strip", strip), ("resnet18", "scans", scans)]
+    jobs += [("resnet18", "large", large)] * 3
+    jobs += [(model, name, body) for model in MODELS for name, body in photo_bytes.items()]
+    reset_peak_rss(worker)
+    resident_before = resident_mb(worker)
+
+    def send(job):
+        return job, predict(server, f"predictions/{job[0]}", job[2])
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        results = list(pool.map(send, jobs))
+    peak_rise_mb = peak_rss_mb(worker) - resident_before
+
+    expected = {"strip": "ImageTooLarge", "scans": "ImageTooComplex"}
+    for (model, name, body), response in results:
+        if name in expected:
+            assert response.status_code == 413, (name, response.text)
+            assert response.json()["type"] == expected[name], response.text
+        else:
+            assert response.status_code == 200, (model, name, response.text)
+            reference = reference_answer(*references[model], body)
+            assert_same_answer(response.json(), reference)
+    assert worker_pids(server) == pids_before
+    bound_mb = 3 * DECODE_LIMITS["max_bytes"] / 2**20
+    assert 150 < peak_rise_mb <= bound_mb, (peak_rise_mb, bound_mb)
+
+
+def test_a_flood_of_explanations_takes_turns_and_predictions_go_on(
+    server, references, photo_bytes
+) -> None:
+    """32 clients explaining at once (honouring Retry-After) while one client predicts: the
+    explanations get 503 ExplanationsBusy with a Retry-After, or their own correct map; every
+    prediction is answered and correct; no worker restarts."""
+    pids_before = worker_pids(server)
+    model, labels = references["resnet18"]
+    explained, predicted = photo_bytes["rocket"], photo_bytes["chelsea"]
+    url = f"{server.endpoints.inference}/explanations/resnet18"
+    flooding, outcomes = threading.Event(), []
+
+    def explainer() -> None:
+        while not flooding.is_set():
+            response = requests.put(url, data=explained, timeout=300)
+            outcomes.append(response)
+            if response.status_code == 503:
+                time.sleep(min(int(response.headers["Retry-After"]), 2))
+
+    explainers = [threading.Thread(target=explainer) for _ in range(32)]
+    for thread in explainers:
+        thread.start()
+    try:
+        time.sleep(1.0)  # the flood is on
+        predictions = [predict(server, "predictions/resnet18", predicted) for _ in range(30)]
+    finally:
+        flooding.set()
+        for thread in explainers:
+            thread.join(timeout=300)
+
+    for response in predictions:
+        assert response.status_code == 200, response.text
+        assert_same_answer(response.json(), reference_answer(model, labels, predicted))
+    busy = [response for response in outcomes if response.status_code == 503]
+    answered = [response for response in outcomes if response.status_code == 200]
+    assert len(busy) + len(answered) == len(outcomes), {r.status_code for r in outcomes}
+    assert busy and answered, (len(busy), len(answered))
+    for response in busy:
+        assert response.json()["type"] == "ExplanationsBusy"
+        assert int(response.headers["Retry-After"]) >= 1
+    for response in answered[:3]:
+        check_explanation(response.json(), model, labels, explained)
+    assert worker_pids(server) == pids_before

@@ -7,13 +7,22 @@ Conventions (what a viewer shows is what gets classified):
 * animations (GIF, WebP, multi-frame TIFF) use their first frame.
 
 Safety: only the formats below are decoded (Pillow's other plugins never run on user bytes), and
-the pixel count is checked from the header, before any pixel is decoded (decompression bombs).
+what decoding will cost is checked from the header, before any pixel is decoded: the pixel count
+(decompression bombs), the memory of the decoded picture (a one-pixel-wide strip costs three
+times its pixels in row bookkeeping), and a JPEG's number of scans (each progressive scan passes
+over the whole picture again: a small file repeating one scan thousands of times would hold the
+CPU for minutes). Decoding then keeps one full-size picture alive at a time where it can.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -35,28 +44,113 @@ _SIGNATURES = {
     b"MM\x00*": "TIFF",
 }
 
+#: Bytes Pillow holds per pixel of an RGB picture, and per row (the row pointer).
+_RGB_PIXEL_BYTES = 4
+_ROW_BYTES = 8
+#: glibc's mallopt parameter for the number of malloc arenas (malloc.h).
+_M_ARENA_MAX = -8
+#: Markers that stand alone in a JPEG (no length follows): TEM, RST0-7, SOI, EOI.
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xDA)})
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-def decode_rgb(data: bytes, *, max_pixels: int, draft_min_side: int = 0) -> Image.Image:
+class DecodeBudget:
+    """Decoded bytes a worker's decoding threads may hold at once: each image holds its own
+    size (:func:`decoded_bytes`) from its decoding to its crop, so the large images of a batch
+    decode one after another instead of all at once, and small ones still in parallel."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._used = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def held(self, amount: int) -> Iterator[None]:
+        with self._changed:
+            # an image larger than the whole budget (never, after open_checked) runs alone
+            self._changed.wait_for(lambda: self._used == 0 or self._used + amount <= self.capacity)
+            self._used += amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._used -= amount
+                self._changed.notify_all()
+
+
+def share_one_malloc_arena() -> bool:
+    """Make the process's threads allocate from one glibc arena (``M_ARENA_MAX`` = 1), before
+    the decoding threads start. With an arena per thread, memory a thread freed after a large
+    image stays in its arena, where the next large image, decoded on another thread, cannot
+    reuse it: two threads held twice :class:`DecodeBudget`'s bound. False where the C library
+    is not glibc (the bound then holds per thread)."""
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def decoded_bytes(width: int, height: int) -> int:
+    """What one RGB picture of this size takes in Pillow: the unit of the decoding bounds."""
+    return height * (width * _RGB_PIXEL_BYTES + _ROW_BYTES)
+
+
+def decode_rgb(
+    data: bytes,
+    *,
+    max_pixels: int,
+    max_bytes: int,
+    max_jpeg_scans: int,
+    draft_min_side: int = 0,
+) -> Image.Image:
     """Decode ``data`` into an RGB image following the module's conventions.
 
     ``draft_min_side``: a JPEG whose both sides are at least twice this is decoded at the
     largest 1/2, 1/4 or 1/8 scale that keeps both sides >= it (Pillow draft mode).
     """
+    return _decoded(_opened(data, max_pixels, max_bytes, max_jpeg_scans, draft_min_side))
+
+
+@contextmanager
+def decoded_rgb(data: bytes, budget: DecodeBudget, **limits: int) -> Iterator[Image.Image]:
+    """:func:`decode_rgb`'s picture (same ``limits``) for the time of a ``with`` block, which
+    holds the picture's share of ``budget`` until the block ends and the picture is freed: what
+    the block computes from it (the crop) is part of its cost."""
+    image = _opened(data, **limits)
+    with budget.held(decoded_bytes(*image.size)):
+        picture = _decoded(image)
+        try:
+            yield picture
+        finally:
+            picture.close()
+            image.close()
+
+
+def _opened(
+    data: bytes, max_pixels: int, max_bytes: int, max_jpeg_scans: int, draft_min_side: int = 0
+) -> Image.Image:
     if not data:
         raise bad_request("EmptyBody", "the request body is empty: send an image")
-    image = open_checked(data, max_pixels)
-    if draft_min_side and image.format in ("JPEG", "MPO"):
-        image.draft("RGB", (draft_min_side, draft_min_side))
+    image = open_checked(data, max_pixels, max_bytes)
+    if image.format in ("JPEG", "MPO"):
+        _check_jpeg_scans(data, max_jpeg_scans)
+        if draft_min_side:
+            image.draft("RGB", (draft_min_side, draft_min_side))
+    return image
+
+
+def _decoded(image: Image.Image) -> Image.Image:
     try:
         image.load()
     except Exception as err:  # Pillow raises many types on corrupt data
         raise _undecodable(f"the {image.format} data cannot be decoded", err) from None
-    return to_rgb(_apply_orientation(image))
+    _apply_orientation(image)
+    return to_rgb(image)
 
 
-def open_checked(data: bytes, max_pixels: int) -> Image.Image:
+def open_checked(data: bytes, max_pixels: int, max_bytes: int) -> Image.Image:
     """Read the header only: format and size are checked before any pixel is decoded."""
     try:
         with warnings.catch_warnings():
@@ -79,7 +173,64 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
             f"the image is {width}x{height} = {width * height} pixels, over the limit of "
             f"{max_pixels} pixels",
         )
+    size_in_memory = decoded_bytes(width, height)
+    if size_in_memory > max_bytes:
+        raise BadInput(
+            413,
+            "ImageTooLarge",
+            f"the image is {width}x{height}: decoded it takes {size_in_memory} bytes, over the "
+            f"limit of {max_bytes} bytes",
+        )
     return image
+
+
+def jpeg_scan_count(data: bytes) -> int:
+    """The scans (SOS markers) of the first picture in a JPEG, walked marker by marker so that
+    an embedded thumbnail or an MPO's second picture is not counted. Stops at the first
+    malformed marker: decoding will say what is wrong with the file."""
+    scans, at = 0, 2  # after SOI
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return scans
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0xD9:  # EOI
+            return scans
+        if marker in _STANDALONE_MARKERS:
+            at += 2
+            continue
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker == 0xDA:  # SOS: entropy-coded data follows, up to the next real marker
+            scans += 1
+            at = _end_of_entropy_coded_data(data, at)
+    return scans
+
+
+def _end_of_entropy_coded_data(data: bytes, at: int) -> int:
+    """Where the next marker starts: in entropy-coded data 0xFF is followed only by a stuffed
+    0x00 or a restart marker."""
+    while True:
+        at = data.find(b"\xff", at)
+        if at < 0 or at + 1 >= len(data):
+            return len(data)
+        follower = data[at + 1]
+        if follower == 0x00 or 0xD0 <= follower <= 0xD7 or follower == 0xFF:
+            at += 1 if follower == 0xFF else 2
+            continue
+        return at
+
+
+def _check_jpeg_scans(data: bytes, max_scans: int) -> None:
+    scans = jpeg_scan_count(data)
+    if scans > max_scans:
+        raise BadInput(
+            413,
+            "ImageTooComplex",
+            f"the JPEG has {scans} scans, over the limit of {max_scans} (a progressive JPEG "
+            "usually has about 10): each scan decodes the whole picture again",
+        )
 
 
 def _undecodable(what: str, err: Exception) -> BadInput:
@@ -123,11 +274,11 @@ def _claimed_format(data: bytes) -> str | None:
     return next((fmt for magic, fmt in _SIGNATURES.items() if data.startswith(magic)), None)
 
 
-def _apply_orientation(image: Image.Image) -> Image.Image:
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block only loses the orientation, not the picture
-        return image
+def _apply_orientation(image: Image.Image) -> None:
+    """In place: an upright copy beside the decoded picture would double the peak memory."""
+    # a broken EXIF block only loses the orientation, not the picture
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(image, in_place=True)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -136,10 +287,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = _sixteen_to_eight_bit(image)
     try:
         if image.mode in _ALPHA_MODES or "transparency" in image.info:
-            rgba = image.convert("RGBA")
+            rgba = image if image.mode == "RGBA" else image.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, rgba).convert("RGB")
-        return image.convert("RGB")
+            composite = Image.alpha_composite(white, rgba)
+            del white, rgba  # one full-size picture fewer while converting
+            return composite.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")
     except ValueError as err:
         raise BadInput(
             415, "UnsupportedImageMode", f"{image.mode} images cannot be converted to RGB: {err}"
@@ -147,13 +300,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _sixteen_to_eight_bit(image: Image.Image) -> Image.Image:
-    """16-bit grey to 8-bit grey (value // 257). A transparent grey value (PNG tRNS) becomes an
-    alpha channel first: after scaling, 256 other values would share it, and Pillow would keep
-    only its low byte."""
-    samples = np.asarray(image.convert("I"))
-    grey = Image.fromarray(np.clip(samples // 257, 0, 255).astype(np.uint8))
+    """16-bit grey to 8-bit grey (value // 257). A transparent grey value (PNG tRNS) is
+    composited here, onto white, while it can still be told apart: after scaling, 256 other
+    values would share it, and Pillow would keep only its low byte."""
+    # 16-bit samples as they are (2 bytes each): widening to 32-bit first doubles the memory
+    samples = np.asarray(image if image.mode.startswith("I;16") else image.convert("I"))
+    grey = np.clip(samples // 257, 0, 255).astype(np.uint8)
     transparent = image.info.get("transparency")
-    if not isinstance(transparent, int):
-        return grey
-    alpha = Image.fromarray(np.where(samples == transparent, 0, 255).astype(np.uint8))
-    return Image.merge("LA", (grey, alpha))
+    if isinstance(transparent, int):
+        grey[samples == transparent] = 255
+    return Image.fromarray(grey)

@@ -72,6 +72,14 @@ class HandlerSettings:
     topk: int = 5
     #: Refused (413) from the header, before decoding: a decompression bomb costs nothing.
     max_image_pixels: int = 50_000_000
+    #: Refused (413) from the header too: an RGB picture of the image's size in Pillow's memory
+    #: (4 bytes a pixel, 8 a row), which pixels alone do not bound (a one-pixel-wide strip costs
+    #: 12 bytes a pixel). It is also what the worker's decoding threads hold at once: decoding
+    #: one image peaks at about 3 times its own share, so at about 3 times this per worker.
+    max_decoded_bytes: int = 200 * 2**20
+    #: Refused (413) from the markers: each scan of a progressive JPEG decodes the whole picture
+    #: again (about 10 is usual), so a small file repeating a scan could hold the CPU for minutes.
+    max_jpeg_scans: int = 32
     #: Images one KServe v1 / Open Inference request may carry (413 beyond): all the images of
     #: a TorchServe batch go through one forward pass, so this bounds what one batch can cost.
     max_images_per_request: int = 32
@@ -90,6 +98,9 @@ class HandlerSettings:
     #: Images per forward and backward pass of an explanation: bounds its memory (about 50 MB
     #: per image for resnet50: a worker peaked at 1.2 GB with 4, 1.4 GB with 8), not its time.
     ig_internal_batch: int = 8
+    #: Share of the worker's time explanations may take (explanation_turns.py): one image per
+    #: batch, then a pause in proportion; the explanations that come meanwhile get 503 at once.
+    explanation_share: float = 0.5
 
     def __post_init__(self) -> None:
         _one_of("handler.model_format", self.model_format, MODEL_FORMATS)
@@ -102,11 +113,17 @@ class HandlerSettings:
             )
         _at_least("handler.topk", self.topk, 1)
         _at_least("handler.max_image_pixels", self.max_image_pixels, 1)
+        _at_least("handler.max_decoded_bytes", self.max_decoded_bytes, 1)
+        _at_least("handler.max_jpeg_scans", self.max_jpeg_scans, 1)
         _at_least("handler.max_images_per_request", self.max_images_per_request, 1)
         _at_least("handler.max_answer_bytes", self.max_answer_bytes, 1024)
         _at_least("handler.jpeg_draft_factor", self.jpeg_draft_factor, 0)
         _at_least("handler.ig_steps", self.ig_steps, 1)
         _at_least("handler.ig_internal_batch", self.ig_internal_batch, 1)
+        if not 0 < self.explanation_share <= 1:
+            raise SchemaError(
+                f"handler.explanation_share must be in (0, 1], got {self.explanation_share!r}"
+            )
 
 
 @dataclass(frozen=True)
