@@ -292,6 +292,13 @@ def encode_reply(reply: Reply, *, close: bool, head_only: bool = False) -> bytes
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else reply.body)
 
 
+def closing_head(head: bytes) -> bytes:
+    """A response head that says ``Connection: close``, whatever it said before."""
+    lines = head[: -len(b"\r\n\r\n")].split(b"\r\n")
+    kept = [line for line in lines[1:] if not line.lower().startswith(b"connection:")]
+    return b"\r\n".join([lines[0], *kept, b"connection: close"]) + b"\r\n\r\n"
+
+
 def wants_close(version: str, fields: list[tuple[str, str]]) -> bool:
     connection = dict(fields).get("connection", "").lower()
     return "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
@@ -422,8 +429,8 @@ class FrontDoor:
             return head, None
         return b"", (head, status, fields)
 
-    @staticmethod
     async def _relay_response(
+        self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         head: bytes,
@@ -431,7 +438,10 @@ class FrontDoor:
         fields: list[tuple[str, str]],
         method: str,
     ) -> bool:
-        writer.write(head)
+        # Stopping: the answer says the connection closes after it, so the client opens a
+        # new one (refused: the listener is closed) instead of sending on one being closed.
+        stopping = self.stopping.is_set()
+        writer.write(closing_head(head) if stopping else head)
         if method != "HEAD" and status not in ("204", "304"):
             async for chunk in body_chunks(reader, fields, response=True):
                 writer.write(chunk)
@@ -439,7 +449,7 @@ class FrontDoor:
         await writer.drain()
         headers = dict(fields)
         framed = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "")
-        return framed and "close" not in headers.get("connection", "").lower()
+        return framed and not stopping and "close" not in headers.get("connection", "").lower()
 
     async def drain(self, timeout_s: float) -> None:
         """Stop between requests: a busy connection closes after its answer, an idle one after

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resnet_mar.front_door import FrontDoor, ModelRegistry, UnixHTTP, parse_head
+from resnet_mar.front_door import FrontDoor, ModelRegistry, UnixHTTP, closing_head, parse_head
 
 
 async def fake_torchserve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -186,3 +186,32 @@ def test_a_request_sent_as_the_stop_begins_on_a_kept_open_connection_is_answered
         writer.close()
 
     asyncio.run(with_door(tmp_path, {"fast": ["READY"]}, check))
+
+
+def test_an_answer_relayed_during_a_stop_tells_the_client_to_close(tmp_path) -> None:
+    """A kept-open connection whose request is in flight when the stop begins: its answer says
+    ``Connection: close``, so the client's next request goes to a new connection (refused)
+    instead of one the door is closing."""
+
+    async def check(port, door, server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /slow HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+        await asyncio.sleep(0.1)
+        server.close()
+        stopping = asyncio.ensure_future(door.drain(5))
+        status, fields, _ = parse_head(await reader.readuntil(b"\r\n\r\n"))
+        assert status == "200" and dict(fields)["connection"] == "close"
+        body = await reader.readexactly(int(dict(fields)["content-length"]))
+        assert json.loads(body)["target"] == "/slow"
+        assert await reader.read() == b""
+        await stopping
+        writer.close()
+
+    asyncio.run(with_door(tmp_path, {"fast": ["READY"]}, check))
+
+
+def test_a_closing_head_replaces_what_the_response_said() -> None:
+    head = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\ncontent-length: 2\r\n\r\n"
+    status, fields, _ = parse_head(closing_head(head))
+    assert status == "200"
+    assert fields == [("content-length", "2"), ("connection", "close")]

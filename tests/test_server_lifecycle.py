@@ -90,7 +90,8 @@ def test_serve_scale_drain_and_stop(
         assert workers(state.endpoints.management) == ["READY"]
 
         groups = [state.group, *state.forwarders]
-        with Flood(state.endpoints.inference, photo_bytes["rocket"]) as flood:
+        flood = Flood(state.endpoints.inference, photo_bytes["rocket"], clients=3, kept_open=3)
+        with flood:
             time.sleep(3)
             stopped = cli("stop", "--folder", str(folder.root), timeout=120)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
