@@ -12,34 +12,40 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from resnet_mar.bench.inputs import JPEG_QUALITY, PHOTOS
-from resnet_mar.bench.notes import busiest_other, notes, share_of_peak, thread_scaling
-from resnet_mar.bench.results import (
-    HeadlineRow,
-    InProcessLimit,
-    JpegSizes,
-    MatmulPeak,
-    Results,
-    ServedPoint,
+from resnet_mar.bench.headline import (
+    NOT_MEASURED,
+    busiest_other,
+    headline,
+    notes,
+    share_of_peak,
+    shown,
+    thread_scaling,
 )
-from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, V2, ours
-from resnet_mar.bench.targets import NOT_MEASURED, headline, shown
+from resnet_mar.bench.load_client import LoadPoint
+from resnet_mar.bench.results import HeadlineRow, Results, ServedPoint
+from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, JPEG_QUALITY, PHOTOS, V2, ours
 from resnet_mar.quantization import MAX_TOP1_PROBABILITY_ERROR, MIN_TOP1_AGREEMENT
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
 Block = list[str]
 
 
-def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Block:
-    """A markdown table's lines. A column title ending in ">" is right-aligned (numbers); the
-    ">" is not shown."""
-    titles = [c.removesuffix(">") for c in columns]
+def markdown_table(header: str, rows: Sequence[Sequence[Any]]) -> Block:
+    """A markdown table's lines; ``header`` is its title row, columns separated by " | ". A
+    title ending in ">" is right-aligned (numbers); the ">" is not shown."""
+    columns = header.split(" | ")
     rules = ["---:" if c.endswith(">") else "---" for c in columns]
     return [
-        f"| {' | '.join(titles)} |",
+        f"| {' | '.join(c.removesuffix('>') for c in columns)} |",
         f"|{'|'.join(rules)}|",
         *(f"| {' | '.join(map(str, row))} |" for row in rows),
     ]
+
+
+def rate_and_latency(load: LoadPoint, *quantiles: str) -> list[str]:
+    """Requests per second, then each named latency percentile in whole milliseconds."""
+    lat = asdict(load.latency_ms)
+    return [f"{load.throughput_rps:.1f}", *(f"{lat[q]:.0f}" for q in quantiles)]
 
 
 def render(results: Results) -> str:
@@ -89,10 +95,10 @@ def introduction(results: Results) -> list[Block]:
 
 def machine_and_load(results: Results) -> list[Block]:
     about = {**asdict(results.machine), **results.versions}
-    settings = results.settings
-    return [
+    settings, gate = results.settings, results.settings.int8_gate
+    blocks = [
         ["## Machine and versions"],
-        markdown_table(["item", "value"], [[k, v] for k, v in about.items()]),
+        markdown_table("item | value", list(about.items())),
         [
             f"Load: closed-loop clients ({', '.join(map(str, settings.concurrencies))}), each "
             f"point {settings.duration_s:.0f} s after a warm-up of at least "
@@ -102,16 +108,11 @@ def machine_and_load(results: Results) -> list[Block]:
             "does (each model measured while the others idle, then all loaded at once); the stock "
             "setup serves each model alone. One server at a time."
         ],
-        *int8_gate(results),
     ]
-
-
-def int8_gate(results: Results) -> list[Block]:
-    """The gate the run's int8 builds passed, when it built some."""
-    gate = results.settings.int8_gate
-    if gate is None:
-        return []
+    if gate is None:  # the run built no int8 model
+        return blocks
     return [
+        *blocks,
         [
             "The int8 models are built with a relaxed quality gate: top-1 agreement with FP32 >= "
             f"{gate.min_agreement} and top-1 probability error <= {gate.max_error} on the "
@@ -119,7 +120,7 @@ def int8_gate(results: Results) -> list[Block]:
             f"and {MAX_TOP1_PROBABILITY_ERROR}), which untrained networks miss: random weights "
             "exaggerate quantization error (docs/benchmark/int8.md). The gate checks answers, not "
             "speed: a trained model's int8 file has the same graph."
-        ]
+        ],
     ]
 
 
@@ -127,7 +128,7 @@ def headline_section(rows: Sequence[HeadlineRow], explained: Sequence[str]) -> l
     return [
         ["## Headline"],
         markdown_table(
-            ["check", "model", "measured>", "target", "result"],
+            "check | model | measured> | target | result",
             [
                 [r.check, r.model, shown(r.value), r.target, "PASS" if r.passed else "FAIL"]
                 for r in rows
@@ -143,20 +144,28 @@ def limit_section(results: Results) -> list[Block]:
         for name, model in results.models.items()
         for fmt, limit in model.in_process.items()
     ]
+    batches = sorted({b for _, _, limit in limits for s in limit.img_per_s.values() for b in s})
     return [
         ["## In-process limit (the served file, all cores, inference only)"],
-        limits_by_batch(limits),
+        markdown_table(
+            " | ".join(["model | format | input layout", *(f"b{b} img/s>" for b in batches)])
+            + " | batch-1 latency ms>",
+            [
+                [
+                    name,
+                    fmt,
+                    layout,
+                    *(f"{speeds[b]:.1f}" for b in batches),
+                    f"{limit.batch1_ms[layout]:.1f}",
+                ]
+                for name, fmt, limit in limits
+                for layout, speeds in limit.img_per_s.items()
+            ],
+        ),
         ["The limit of a file is its best figure above; its batch-1 latency, the best layout's."],
         markdown_table(
-            [
-                "model",
-                "format",
-                "limit img/s>",
-                "at",
-                "batch-1 latency ms>",
-                "other load (cores)>",
-                "limit again after serving, img/s>",
-            ],
+            "model | format | limit img/s> | at | batch-1 latency ms> | other load (cores)> | "
+            "limit again after serving, img/s>",
             [
                 [
                     name,
@@ -165,11 +174,10 @@ def limit_section(results: Results) -> list[Block]:
                     f"batch {limit.best_batch}, {limit.best_layout}",
                     f"{limit.batch1_latency_ms:.1f}",
                     f"{limit.other.other_cores:.2f}",
-                    NOT_MEASURED
-                    if limit.limit_after_img_per_s is None
-                    else f"{limit.limit_after_img_per_s:.1f}",
+                    NOT_MEASURED if again is None else f"{again:.1f}",
                 ]
                 for name, fmt, limit in limits
+                for again in [limit.limit_after_img_per_s]
             ],
         ),
         [
@@ -192,61 +200,35 @@ def limit_section(results: Results) -> list[Block]:
     ]
 
 
-def limits_by_batch(limits: Sequence[tuple[str, str, InProcessLimit]]) -> Block:
-    """Images per second of each file at each batch size, one row per input layout."""
-    batches = sorted({b for _, _, limit in limits for s in limit.img_per_s.values() for b in s})
-    return markdown_table(
-        [
-            "model",
-            "format",
-            "input layout",
-            *(f"b{b} img/s>" for b in batches),
-            "batch-1 latency ms>",
-        ],
-        [
-            [
-                name,
-                fmt,
-                layout,
-                *(f"{speeds[b]:.1f}" for b in batches),
-                f"{limit.batch1_ms[layout]:.1f}",
-            ]
-            for name, fmt, limit in limits
-            for layout, speeds in limit.img_per_s.items()
-        ],
-    )
-
-
 def compute_section(results: Results) -> list[Block]:
     """Each limit against the machine's FP32 matmul peak, and against one thread."""
     peak = results.fp32_peak
-    measured_peak = (
-        f"{peak.gflop_per_s:.1f} GFLOP/s ({peak.size} x {peak.size} float32 `torch.mm` on "
-        f"{peak.threads} threads, the best of {peak.calls} calls after a warm-up, measured right "
-        f"before the limits; other load {peak.other.other_cores:.2f} cores)"
-        if peak
-        else NOT_MEASURED
-    )
-    rows = [
-        [name, fmt, *arithmetic_cells(model.gflop_per_image, limit, peak)]
-        for name, model in results.models.items()
-        for fmt, limit in model.in_process.items()
-    ]
     return [
         ["## Arithmetic: each limit against the FP32 peak and against one thread"],
-        [f"FP32 matmul peak of this machine: {measured_peak}."],
+        [
+            f"FP32 matmul peak of this machine: {peak.gflop_per_s:.1f} GFLOP/s ({peak.size} x "
+            f"{peak.size} float32 `torch.mm` on {peak.threads} threads, the best of {peak.calls} "
+            "calls after a warm-up, measured right before the limits; other load "
+            f"{peak.other.other_cores:.2f} cores)."
+        ],
         markdown_table(
+            "model | format | GFLOP per image> | limit img/s> | limit GFLOP/s> | "
+            "share of FP32 peak> | one thread img/s> | thread scaling>",
             [
-                "model",
-                "format",
-                "GFLOP per image>",
-                "limit img/s>",
-                "limit GFLOP/s>",
-                "share of FP32 peak>",
-                "one thread img/s>",
-                "thread scaling>",
+                [
+                    name,
+                    fmt,
+                    f"{gflop:.2f}",
+                    f"{rate:.1f}",
+                    f"{rate * gflop:.0f}",
+                    f"{share_of_peak(rate, gflop, peak.gflop_per_s):.2f}",
+                    f"{limit.one_thread_img_per_s:.1f}",
+                    f"{thread_scaling(limit):.2f}",
+                ]
+                for name, model in results.models.items()
+                for fmt, limit in model.in_process.items()
+                for gflop, rate in [(model.gflop_per_image, limit.limit_img_per_s)]
             ],
-            rows,
         ),
         [
             "GFLOP per image: `torch.utils.flop_counter` on torchvision's eager model for one "
@@ -266,49 +248,19 @@ def compute_section(results: Results) -> list[Block]:
     ]
 
 
-def arithmetic_cells(
-    gflop: float | None, limit: InProcessLimit, peak: MatmulPeak | None
-) -> list[str]:
-    """GFLOP per image, the limit in images and in GFLOP per second, its share of the peak,
-    the one-thread limit and the thread scaling; "not measured" where a figure is missing."""
-    one, efficiency = limit.one_thread_img_per_s, thread_scaling(limit)
-    rate = limit.limit_img_per_s
-    return [
-        NOT_MEASURED if gflop is None else f"{gflop:.2f}",
-        f"{rate:.1f}",
-        NOT_MEASURED if gflop is None else f"{rate * gflop:.0f}",
-        NOT_MEASURED
-        if gflop is None or peak is None
-        else f"{share_of_peak(rate, gflop, peak.gflop_per_s):.2f}",
-        NOT_MEASURED if one is None else f"{one:.1f}",
-        NOT_MEASURED if efficiency is None else f"{efficiency:.2f}",
-    ]
-
-
 def served_section(results: Results) -> list[Block]:
     environment = ", ".join(f"`{k}={v}`" for k, v in WORKER_ENVIRONMENT.items())
     return [
         ["## Served"],
         markdown_table(
-            [
-                "model",
-                "setup",
-                "concurrency>",
-                "req/s>",
-                "p50 ms>",
-                "p90 ms>",
-                "p99 ms>",
-                "errors>",
-                "answers in window>",
-                "other load (cores)>",
-            ],
+            "model | setup | concurrency> | req/s> | p50 ms> | p90 ms> | p99 ms> | errors> | "
+            "answers in window> | other load (cores)>",
             [
                 [
                     name,
                     label,
                     p.load.concurrency,
-                    f"{p.load.throughput_rps:.1f}",
-                    *(f"{q:.0f}" for q in (lat.p50, lat.p90, lat.p99)),
+                    *rate_and_latency(p.load, "p50", "p90", "p99"),
                     p.load.errors,
                     p.load.requests,
                     f"{p.other.other_cores:.2f}",
@@ -316,7 +268,6 @@ def served_section(results: Results) -> list[Block]:
                 for name, model in results.models.items()
                 for label, served in model.served.items()
                 for p in served.points
-                for lat in [p.load.latency_ms]
             ],
         ),
         [
@@ -336,13 +287,7 @@ def v2_section(results: Results) -> list[Block]:
     def cells(point: ServedPoint | None) -> list[Any]:
         if point is None:
             return [NOT_MEASURED] * 4
-        lat = point.load.latency_ms
-        return [
-            f"{point.load.throughput_rps:.1f}",
-            f"{lat.p50:.0f}",
-            f"{lat.p99:.0f}",
-            point.load.errors,
-        ]
+        return [*rate_and_latency(point.load, "p50", "p99"), point.load.errors]
 
     rows = []
     for name, model in results.models.items():
@@ -357,15 +302,7 @@ def v2_section(results: Results) -> list[Block]:
     return [
         [f"## Open Inference Protocol (v2) against /predictions ({c} clients)"],
         markdown_table(
-            [
-                "model",
-                "request",
-                "req/s>",
-                "p50 ms>",
-                "p99 ms>",
-                "errors>",
-                "v2 / /predictions req/s>",
-            ],
+            "model | request | req/s> | p50 ms> | p99 ms> | errors> | v2 / /predictions req/s>",
             rows,
         ),
         [
@@ -383,25 +320,14 @@ def all_busy_section(results: Results) -> list[Block]:
     return [
         ["## All models busy at once (one server, as `make serve` runs them)"],
         markdown_table(
-            [
-                "setup",
-                "model",
-                "clients>",
-                "req/s>",
-                "p50 ms>",
-                "p99 ms>",
-                "errors>",
-                "share of its alone req/s>",
-                "other load (cores)>",
-            ],
+            "setup | model | clients> | req/s> | p50 ms> | p99 ms> | errors> | "
+            "share of its alone req/s> | other load (cores)>",
             [
                 [
                     label,
                     name,
                     m.load.concurrency,
-                    f"{m.load.throughput_rps:.1f}",
-                    f"{m.load.latency_ms.p50:.0f}",
-                    f"{m.load.latency_ms.p99:.0f}",
+                    *rate_and_latency(m.load, "p50", "p99"),
                     m.load.errors,
                     f"{m.share_of_alone:.2f}",
                     f"{busy.other.other_cores:.2f}",
@@ -420,16 +346,17 @@ def all_busy_section(results: Results) -> list[Block]:
 
 
 def large_jpeg_section(results: Results) -> list[Block]:
-    by_size: dict[str, JpegSizes] = {}
-    for name, model in results.models.items():
-        served = model.served.get(ours("torchscript"))
-        if served and served.jpeg_size:
-            by_size[name] = served.jpeg_size
+    by_size = {
+        name: served.jpeg_size
+        for name, model in results.models.items()
+        for served in [model.served.get(ours("torchscript"))]
+        if served and served.jpeg_size
+    }
     ratios = ", ".join(f"{name} {s.p50_ratio_large_over_small:.2f}" for name, s in by_size.items())
     return [
         ["## Large JPEG (our handler, concurrency 1)"],
         markdown_table(
-            ["model", "image", "bytes>", "p50 ms>", "p99 ms>"],
+            "model | image | bytes> | p50 ms> | p99 ms>",
             [
                 [
                     name,

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from resnet_mar.bench.archives import Workspace
-from resnet_mar.bench.inputs import SizedJpeg
+from resnet_mar.bench.load_client import LoadPoint, run_point
 from resnet_mar.bench.machine import cpu_counters, other_load
 from resnet_mar.bench.progress import progress
 from resnet_mar.bench.results import (
@@ -17,30 +16,17 @@ from resnet_mar.bench.results import (
     BusyModel,
     JpegPoint,
     JpegSizes,
+    OtherLoad,
     ServedModel,
     ServedPoint,
+    Settings,
     stored,
 )
-from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, ServedSetup
-from resnet_mar.load_client import LoadPoint, run_point
+from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, ServedSetup, SizedJpeg
 from resnet_mar.torchserve import RunningServer, private_server
 
-
-@dataclass(frozen=True)
-class LoadSettings:
-    """How each point is loaded: client counts, seconds per window, minimum warm-up."""
-
-    concurrencies: tuple[int, ...]
-    duration_s: float
-    warmup_s: float
-
-
-@dataclass(frozen=True)
-class Measured:
-    """What one setup gave: each model's figures, and the all-busy point (if measured)."""
-
-    models: dict[str, ServedModel]
-    all_busy: AllBusy | None
+#: Each model's figures under a setup, and the all-busy point (None: not measured).
+Measured = tuple[dict[str, ServedModel], AllBusy | None]
 
 
 def measure_setup(
@@ -48,7 +34,7 @@ def measure_setup(
     work: Workspace,
     models: list[str],
     payloads: list[bytes],
-    load: LoadSettings,
+    load: Settings,
     sizes: dict[str, SizedJpeg],
 ) -> Measured:
     """Every model under ``setup``: from one server, or from one server per model."""
@@ -56,8 +42,8 @@ def measure_setup(
         return serve(setup, work, models, payloads, load, sizes)
     found: dict[str, ServedModel] = {}
     for name in models:
-        found.update(serve(setup, work, [name], payloads, load, sizes).models)
-    return Measured(found, None)
+        found.update(serve(setup, work, [name], payloads, load, sizes)[0])
+    return found, None
 
 
 def serve(
@@ -65,21 +51,18 @@ def serve(
     work: Workspace,
     names: list[str],
     payloads: list[bytes],
-    load: LoadSettings,
+    load: Settings,
     sizes: dict[str, SizedJpeg],
 ) -> Measured:
     """Start one server holding ``names``, measure each model in turn, then (if the setup asks
     and there are several) all of them at once; stop the server."""
-    label = setup.label
-    workdir = work.server(label if setup.together else f"{label}-{names[0]}")
+    label, began, together = setup.label, time.monotonic(), None
     progress(f"{', '.join(names)} [{label}]: starting TorchServe")
-    began = time.monotonic()
     per_model: dict[str, ServedModel] = {}
-    together = None
     with private_server(
         work.store(setup.archive, setup.model_format),
         names,
-        workdir=workdir,
+        workdir=work.server(label if setup.together else f"{label}-{names[0]}"),
         config_text=setup.config_text,
         worker_environment=setup.worker_environment,
         isolated=setup.isolated,
@@ -87,37 +70,38 @@ def serve(
         startup_s = round(time.monotonic() - began, 1)
         progress(f"{', '.join(names)} [{label}]: READY after {startup_s} s")
         for name in names:
-            points = sweep(server, setup, name, payloads, load)
+            points = tuple(
+                ServedPoint(*measure(server, setup, name, payloads, c, load))
+                for c in setup.concurrencies or load.concurrencies
+            )
             jpeg_size = measure_jpeg_sizes(server, setup, name, sizes) if setup.jpeg_sizes else None
             per_model[name] = ServedModel(startup_s, points, jpeg_size)
         if setup.all_busy and len(names) > 1:
             together = measure_all_busy(server, setup, names, payloads, load, per_model)
     progress(f"{', '.join(names)} [{label}]: server stopped")
-    return Measured(per_model, together)
+    return per_model, together
 
 
-def sweep(
+def measure(
     server: RunningServer,
     setup: ServedSetup,
     name: str,
     payloads: list[bytes],
-    load: LoadSettings,
-) -> tuple[ServedPoint, ...]:
-    """One model at each client count of the setup (or the run), with the other load."""
-    points = []
-    for concurrency in setup.concurrencies or load.concurrencies:
-        before = cpu_counters(server.group_pids())
-        point = run_point(
-            server.endpoints.inference,
-            setup.requests(name, payloads),
-            concurrency,
-            duration_s=load.duration_s,
-            warmup_s=load.warmup_s,
-        )
-        others = other_load(before, cpu_counters(server.group_pids()))
-        points.append(ServedPoint(stored(point), others))
-        progress(f"{name} [{setup.label}] {describe(point)}  other load {others.other_cores}")
-    return tuple(points)
+    concurrency: int,
+    load: Settings,
+) -> tuple[LoadPoint, OtherLoad]:
+    """One model at one client count, with the other load on the machine meanwhile."""
+    before = cpu_counters(server.group_pids())
+    point = run_point(
+        server.endpoints.inference,
+        setup.requests(name, payloads),
+        concurrency,
+        duration_s=load.duration_s,
+        warmup_s=load.warmup_s,
+    )
+    others = other_load(before, cpu_counters(server.group_pids()))
+    progress(f"{name} [{setup.label}] {describe(point)}  other load {others.other_cores}")
+    return stored(point), others
 
 
 def measure_all_busy(
@@ -125,7 +109,7 @@ def measure_all_busy(
     setup: ServedSetup,
     names: list[str],
     payloads: list[bytes],
-    load: LoadSettings,
+    load: Settings,
     alone: dict[str, ServedModel],
 ) -> AllBusy:
     """Every model of the server loaded at once, each by its own clients. A model's share is
@@ -134,27 +118,20 @@ def measure_all_busy(
     c = HEADLINE_CONCURRENCY
 
     def load_one(name: str) -> LoadPoint:
-        return run_point(
-            server.endpoints.inference,
-            setup.requests(name, payloads),
-            c,
-            duration_s=load.duration_s,
-            warmup_s=load.warmup_s,
-        )
+        url, requests = server.endpoints.inference, setup.requests(name, payloads)
+        return run_point(url, requests, c, duration_s=load.duration_s, warmup_s=load.warmup_s)
 
     before = cpu_counters(server.group_pids())
     with ThreadPoolExecutor(max_workers=len(names)) as clients:  # re-raises a client's failure
         points = dict(zip(names, clients.map(load_one, names), strict=True))
     others = other_load(before, cpu_counters(server.group_pids()))
     models = {}
-    for name in names:
-        point = points[name]
+    for name, point in points.items():
         alone_at_c = alone[name].at(c)
         share = point.throughput_rps / alone_at_c.load.throughput_rps if alone_at_c else 0.0
         models[name] = BusyModel(stored(point), round(share, 3))
         progress(f"{name} [{setup.label}, all busy] {describe(point)}  share of alone {share:.2f}")
-    shares_sum = round(sum(m.share_of_alone for m in models.values()), 3)
-    return AllBusy(c, models, others, shares_sum)
+    return AllBusy(c, models, others, round(sum(m.share_of_alone for m in models.values()), 3))
 
 
 def measure_jpeg_sizes(
@@ -162,15 +139,9 @@ def measure_jpeg_sizes(
 ) -> JpegSizes:
     """Latency at concurrency 1 of a 12-megapixel JPEG against a 0.3-megapixel one."""
     found = {}
-    for which in ("small", "large"):
-        jpeg = sizes[which]
-        point = run_point(
-            server.endpoints.inference,
-            setup.requests(name, [jpeg.data]),
-            1,
-            duration_s=5.0,
-            warmup_s=1.0,
-        )
+    for which, jpeg in sizes.items():
+        requests = setup.requests(name, [jpeg.data])
+        point = run_point(server.endpoints.inference, requests, 1, duration_s=5.0, warmup_s=1.0)
         found[which] = JpegPoint(jpeg.pixels, len(jpeg.data), stored(point))
         progress(f"{name} {which} JPEG {jpeg.pixels}: {describe(point)}")
     ratio = found["large"].load.latency_ms.p50 / found["small"].load.latency_ms.p50
