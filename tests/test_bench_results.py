@@ -107,23 +107,32 @@ def test_a_whole_run_reads_back_as_written() -> None:
 
 
 def test_a_file_that_is_not_this_versions_fails_whole() -> None:
-    """A figure missing, renamed or of the wrong type fails where bench.json is read, naming
-    the class; no figure is quietly taken as "not measured"."""
-    document = json.loads(json.dumps(asdict(run({"resnet18": model()}))))
-    del document["fp32_peak"]
-    with pytest.raises(ValueError, match=r"Results needs the keys .*got"):
-        from_dict(Results, document)
+    """A figure missing, renamed or of the wrong type fails where bench.json is read, saying
+    where; no figure is quietly taken as "not measured"."""
 
-    document = json.loads(json.dumps(asdict(run({"resnet18": model()}))))
-    point = document["models"]["resnet18"]["served"]["stock"]["points"][0]
-    point["load"]["rps"] = point["load"].pop("throughput_rps")
-    with pytest.raises(ValueError, match="LoadPoint needs the keys"):
-        from_dict(Results, document)
+    def document() -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(run({"resnet18": model()}))))
 
-    document = json.loads(json.dumps(asdict(run({"resnet18": model()}))))
-    document["models"]["resnet18"]["gflop_per_image"] = "2.0"
-    with pytest.raises(ValueError, match=r"expected float, got '2\.0'"):
-        from_dict(Results, document)
+    missing = document()
+    del missing["fp32_peak"]
+    with pytest.raises(ValueError, match=r"^Results needs the keys \[.*'fp32_peak'.*\], got"):
+        from_dict(Results, missing)
+
+    renamed = document()
+    point = renamed["models"]["resnet18"]["served"]["stock"]["points"][0]["load"]
+    point["rps"] = point.pop("throughput_rps")
+    with pytest.raises(ValueError, match=r"Results.models: ModelResults.served: .*LoadPoint needs"):
+        from_dict(Results, renamed)
+
+    mistyped = document()
+    mistyped["models"]["resnet18"]["gflop_per_image"] = "2.0"
+    with pytest.raises(ValueError, match=r"gflop_per_image: expected float, got '2\.0'$"):
+        from_dict(Results, mistyped)
+
+    mistyped = document()
+    mistyped["settings"]["concurrencies"] = 16
+    with pytest.raises(ValueError, match=r"Settings.concurrencies: expected tuple\[int, \.\.\.\]"):
+        from_dict(Results, mistyped)
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 import resnet_mar.bench
+from resnet_mar.bench import headline
 from resnet_mar.bench.archives import Workspace, archive_stock, build_and_archive
-from resnet_mar.bench.headline import headline
 from resnet_mar.bench.limit import (
     at_best_batch,
     fp32_matmul_peak,
@@ -29,7 +29,7 @@ from resnet_mar.bench.plot import plot
 from resnet_mar.bench.progress import elapsed_s, progress
 from resnet_mar.bench.report import render, summary
 from resnet_mar.bench.results import ModelResults, Results, Settings
-from resnet_mar.bench.served import measure_setup
+from resnet_mar.bench.served import Clients
 from resnet_mar.bench.setups import (
     UNTRAINED_INT8_GATE,
     photo_payloads,
@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> Results:
     payloads, sizes = photo_payloads(), size_test_payloads()
     photos = preprocessed_photos(payloads)
     files = {fmt: build_and_archive(work, fmt, args.models) for fmt in formats}
-    for fmt in {s.model_format for s in setups if s.archive == "stock"}:
-        archive_stock(work, fmt, args.models)
+    for setup in setups:
+        if setup.archive == "stock":
+            archive_stock(work, setup.model_format, args.models)
     gflop = {name: gflop_per_image(name, photos[0]) for name in args.models}
     progress(f"GFLOP per image: {gflop}")
     peak = fp32_matmul_peak()
@@ -83,19 +84,18 @@ def run(args: argparse.Namespace) -> Results:
     )
     for fmt in formats:
         measure_limits(results, fmt, files[fmt], work, payloads, photos)
+    clients = Clients(work, payloads, sizes, results.settings)
     for setup in setups:
-        measured, all_busy = measure_setup(
-            setup, work, args.models, payloads, results.settings, sizes
-        )
-        for name, served in measured.items():
-            results.models[name].served[setup.label] = served
+        served, all_busy = clients.measure(setup, args.models)
+        for name, model in served.items():
+            results.models[name].served[setup.label] = model
         if all_busy:
             results.all_busy[setup.label] = all_busy
         if setup.limit_again:
             measure_limits_again(results, setup.model_format, files[setup.model_format], photos)
     results.load_end = load_average()
     results.wall_time_s = round(elapsed_s(), 1)
-    results.headline = headline(results)
+    results.headline = headline.rows(results)
     return results
 
 

@@ -1,15 +1,8 @@
-"""The in-process side of a run, measured while no server runs.
-
-The in-process limit: the very file a setup serves, loaded in this process as our handler loads
-it but with all cores, fed preprocessed photos, no server and no decoding; the ceiling any
-serving setup can reach on this machine. The same file on one thread, for how the limit scales
-with cores. What that limit leaves out: the CPU the handler's exact preprocessing costs per
-photo. And what the cores can compute against what one image asks of them: the FP32 matmul
-peak and each architecture's GFLOP per image. A limit in images per second says little on its
-own; times the model's GFLOP per image, over the peak, it is the share of the hardware's FP32
-arithmetic the served file uses. The peak is measured in the run itself, right before the
-limits: the machine's speed drifts (its cores are shared with other tenants of the host), so a
-peak from another day would not be comparable.
+"""The in-process side of a run, measured while no server runs: the ceiling any serving setup
+can reach here (the very file a setup serves, loaded in this process as our handler loads it but
+with all cores, fed preprocessed photos: no server, no decoding), the same file on one thread,
+what that ceiling leaves out (the CPU exact preprocessing costs per photo), and what the cores
+can compute against what one image asks of them (FP32 matmul peak, GFLOP per image).
 """
 
 from __future__ import annotations

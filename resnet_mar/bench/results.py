@@ -4,8 +4,8 @@
 The report, the plot and the headline read these types, never a parsed dict, and
 :func:`from_dict` checks every key and value against the annotations: a renamed or missing
 figure fails where the file is read, not halfway through a report. Measured values are rounded
-as they are stored, once, when a measurement becomes a result: a report rendered during the run
-and one rendered later from its ``bench.json`` are the same.
+once, when a measurement becomes a result (:func:`stored`): a report rendered during the run and
+one rendered later from its ``bench.json`` are the same.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -24,13 +25,18 @@ T = TypeVar("T")
 def from_dict(cls: type[T], data: Any) -> T:
     """The dataclass ``cls`` from parsed JSON, every value converted by its field's annotation
     (nested dataclasses, ``list``, ``tuple``, ``dict``, ``X | None``, plain types). Keys must
-    be exactly the fields: a file that is not this version's fails here, whole."""
-    names = {item.name for item in dataclasses.fields(cls)}
-    if not isinstance(data, dict) or set(data) != names:
-        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+    be exactly the fields: a file that is not this version's fails here, whole, saying where."""
+    names = [item.name for item in dataclasses.fields(cls)]
+    if not isinstance(data, dict) or set(data) != set(names):
+        found = sorted(data) if isinstance(data, dict) else repr(data)
         raise ValueError(f"{cls.__name__} needs the keys {sorted(names)}, got {found}")
-    hints = typing.get_type_hints(cls)
-    return cls(**{name: _typed(data[name], hints[name]) for name in names})
+    hints, values = typing.get_type_hints(cls), {}
+    for name in names:
+        try:
+            values[name] = _typed(data[name], hints[name])
+        except ValueError as error:
+            raise ValueError(f"{cls.__name__}.{name}: {error}") from None
+    return cls(**values)
 
 
 def _typed(value: Any, hint: Any) -> Any:
@@ -42,6 +48,8 @@ def _typed(value: Any, hint: Any) -> Any:
             return None
         (kind,) = [a for a in args if a is not type(None)]
         return _typed(value, kind)
+    if origin in (list, tuple, dict) and not isinstance(value, dict if origin is dict else list):
+        raise ValueError(f"expected {hint}, got {value!r}")
     if origin is list:
         return [_typed(item, args[0]) for item in value]
     if origin is tuple:
@@ -80,8 +88,6 @@ def stored(point: LoadPoint) -> LoadPoint:
 
 @dataclass(frozen=True)
 class ServedPoint:
-    """One concurrency of one served setup, and the other load meanwhile."""
-
     load: LoadPoint
     other: OtherLoad
 
@@ -168,17 +174,15 @@ class ModelResults:
     preprocessing_ms: float | None = None
 
     def point(self, label: str, concurrency: int) -> ServedPoint | None:
-        """The setup ``label``'s point at ``concurrency``, None when it was not measured."""
         served = self.served.get(label)
         return served.at(concurrency) if served else None
 
 
 @dataclass(frozen=True)
 class MatmulPeak:
-    """The machine's FP32 arithmetic peak as one run measured it: GFLOP/s of a ``size`` x
-    ``size`` float32 matrix product (2 size^3 operations) on ``threads`` threads, the best of
-    ``calls`` calls, and the other load meanwhile. An in-process limit times its model's GFLOP
-    per image, over this, is the share of the hardware's FP32 arithmetic the file uses."""
+    """GFLOP/s of a ``size`` x ``size`` float32 matrix product on ``threads`` threads, the best
+    of ``calls`` calls: an in-process limit times its model's GFLOP per image, over this, is the
+    share of the hardware's FP32 arithmetic the file uses."""
 
     gflop_per_s: float
     size: int
@@ -197,9 +201,8 @@ class Machine:
 
 @dataclass(frozen=True)
 class Int8Gate:
-    """The quality gate an int8 build must pass (``BuildRequest.int8_min_agreement`` and
-    ``int8_max_error``): top-1 agreement with FP32 on held-aside photos, and the largest error
-    of the top-1 class's probability."""
+    """The quality gate an int8 build passed (``BuildRequest.int8_min_agreement`` and
+    ``int8_max_error``)."""
 
     min_agreement: float
     max_error: float
@@ -207,8 +210,7 @@ class Int8Gate:
 
 @dataclass(frozen=True)
 class Settings:
-    """What the run was asked to measure: formats, client counts, seconds per point, and the
-    gate its int8 builds passed (None: the run built no int8 model)."""
+    """What the run was asked to measure; ``int8_gate`` None: it built no int8 model."""
 
     formats: tuple[str, ...]
     concurrencies: tuple[int, ...]
@@ -246,3 +248,16 @@ class Results:
     load_end: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
     headline: list[HeadlineRow] = field(default_factory=list)
+
+    def limits(self) -> Iterator[tuple[str, str, ModelResults, InProcessLimit]]:
+        """Every in-process limit, model by model, with its model's name, format and results."""
+        for name, model in self.models.items():
+            for fmt, limit in model.in_process.items():
+                yield name, fmt, model, limit
+
+    def points(self) -> Iterator[tuple[str, str, ServedPoint]]:
+        """Every served point, model by model, with its model's name and its setup's label."""
+        for name, model in self.models.items():
+            for label, served in model.served.items():
+                for point in served.points:
+                    yield name, label, point

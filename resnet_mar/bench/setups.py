@@ -127,14 +127,20 @@ def served_setups(formats: Sequence[str]) -> list[ServedSetup]:
     kindest case for it)."""
     setups = []
     for fmt in formats:
-        first = fmt == "torchscript"
+        torchscript = fmt == "torchscript"
         setups.append(
-            ServedSetup(ours(fmt), fmt, jpeg_sizes=first, all_busy=True, limit_again=True)
+            ServedSetup(ours(fmt), fmt, jpeg_sizes=torchscript, all_busy=True, limit_again=True)
         )
-        if first:
+        if torchscript:
             v2 = ServedSetup(V2, fmt, requests=jpeg_v2_infer, concurrencies=(HEADLINE_CONCURRENCY,))
             stock = ServedSetup(
-                STOCK, fmt, "stock", STOCK_CONFIG, {}, together=False, isolated=False
+                STOCK,
+                fmt,
+                archive="stock",
+                config_text=STOCK_CONFIG,
+                worker_environment={},
+                together=False,
+                isolated=False,
             )
             setups += [v2, stock]
     return setups
