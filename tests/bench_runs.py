@@ -11,6 +11,7 @@ preprocessing is 1 / (1/250 + 0.002/2) = 200 img/s), one-thread limits of 50 img
 
 from __future__ import annotations
 
+from resnet_mar.bench.load_client import Latency, LoadPoint
 from resnet_mar.bench.results import (
     InProcessLimit,
     Machine,
@@ -23,7 +24,6 @@ from resnet_mar.bench.results import (
     Settings,
 )
 from resnet_mar.bench.setups import UNTRAINED_INT8_GATE
-from resnet_mar.load_client import Latency, LoadPoint
 
 IDLE = OtherLoad(0.0, 0.0)
 CONCURRENCIES = (1, 4, 16, 64)
@@ -56,9 +56,7 @@ def served(rps: float, c1_p50_ms: float = 15.0, errors_at_64: int = 0) -> Served
     return ServedModel(20.0, tuple(ServedPoint(p, IDLE) for p in points))
 
 
-def limit(
-    img_per_s: float, batch1_ms: float = 10.0, one_thread: float | None = None
-) -> InProcessLimit:
+def limit(img_per_s: float, one_thread: float, batch1_ms: float = 10.0) -> InProcessLimit:
     """A 2-thread limit at batch 8 (NCHW), its one-thread figure ``one_thread``."""
     return InProcessLimit(
         file="m.pt",
@@ -69,8 +67,8 @@ def limit(
         best_batch=8,
         best_layout="contiguous",
         batch1_latency_ms=batch1_ms,
-        other=IDLE,
         one_thread_img_per_s=one_thread,
+        other=IDLE,
     )
 
 

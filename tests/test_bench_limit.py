@@ -12,16 +12,16 @@ import pytest
 import torch
 import yaml
 
-from resnet_mar.bench.compute import fp32_matmul_peak, gflop_per_image
-from resnet_mar.bench.inputs import photo_payloads, size_test_payloads
 from resnet_mar.bench.limit import (
     BATCH_SIZES,
+    at_best_batch,
+    fp32_matmul_peak,
+    gflop_per_image,
     in_process_limit,
-    limit_again,
-    one_thread_limit,
     preprocessed_photos,
     preprocessing_cost,
 )
+from resnet_mar.bench.setups import photo_payloads, size_test_payloads
 from resnet_mar.build import BuildRequest, model_config
 from resnet_mar.weights import STANDARD_IMAGENET
 
@@ -57,7 +57,7 @@ def test_in_process_limit_is_the_best_of_every_batch_and_layout(
     tiny_model: Path, payloads: list[bytes]
 ) -> None:
     photos = preprocessed_photos(payloads)
-    limit = in_process_limit(tiny_model, "torchscript", photos, min_time_s=0.01, min_calls=2)
+    limit = in_process_limit(tiny_model, "torchscript", photos, min_time_s=0.01, one_thread_s=0.01)
     assert set(limit.img_per_s) == {"contiguous", "channels_last"}  # TorchScript: both layouts
     assert all(list(speeds) == list(BATCH_SIZES) for speeds in limit.img_per_s.values())
     best = max(v for speeds in limit.img_per_s.values() for v in speeds.values())
@@ -65,15 +65,15 @@ def test_in_process_limit_is_the_best_of_every_batch_and_layout(
     assert limit.img_per_s[limit.best_layout][limit.best_batch] == best
     assert limit.batch1_latency_ms == min(limit.batch1_ms.values()) > 0
     assert limit.file == "tiny.pt" and limit.other.other_cores >= 0
-    assert limit_again(tiny_model, "torchscript", photos, limit) > 0
+    assert limit.one_thread_img_per_s > 0
 
 
-def test_one_thread_limit_puts_torchs_threads_back(tiny_model: Path, payloads: list[bytes]) -> None:
+def test_the_limit_again_puts_torchs_threads_back(tiny_model: Path, payloads: list[bytes]) -> None:
     photos = preprocessed_photos(payloads)
-    limit = in_process_limit(tiny_model, "torchscript", photos, min_time_s=0.01, min_calls=2)
     threads = torch.get_num_threads()
-    assert one_thread_limit(tiny_model, "torchscript", photos, limit, min_time_s=0.01) > 0
-    assert torch.get_num_threads() == threads
+    for on in (None, 1):  # every core, as measured again after serving; one thread
+        speed = at_best_batch(tiny_model, "torchscript", photos, 4, "channels_last", on, 0.01)
+        assert speed > 0 and torch.get_num_threads() == threads
 
 
 def test_fp32_matmul_peak_on_every_core() -> None:

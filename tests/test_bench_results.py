@@ -1,31 +1,34 @@
-"""The benchmark's results as data: what bench.json keeps, the arithmetic of derived figures,
-and the served setups a run measures."""
+"""The benchmark's results as data: what bench.json keeps and how it reads back, the arithmetic
+of derived figures, and the served setups a run measures."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from resnet_mar.bench.notes import attainable_img_per_s
+from resnet_mar.bench.headline import attainable_img_per_s
+from resnet_mar.bench.load_client import Latency, LoadPoint
 from resnet_mar.bench.results import (
     InProcessLimit,
     JpegPoint,
     JpegSizes,
     OtherLoad,
+    Results,
     ServedModel,
     ServedPoint,
-    point_from_json,
-    point_to_json,
+    from_dict,
     stored,
 )
 from resnet_mar.bench.setups import STOCK_CONFIG, V2, served_setups
-from resnet_mar.load_client import Latency, LoadPoint
 from resnet_mar.server_doors import ServerFolder
 from resnet_mar.torchserve import server_environment
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
+from tests.bench_runs import model, run
 
 
 def raw_point(concurrency: int = 16) -> LoadPoint:
@@ -42,6 +45,11 @@ def raw_point(concurrency: int = 16) -> LoadPoint:
     )
 
 
+def through_json(value: Any) -> Any:
+    """``value`` written as bench.json writes it and read back as its own type."""
+    return from_dict(type(value), json.loads(json.dumps(asdict(value))))
+
+
 def test_stored_keeps_the_precision_of_bench_json() -> None:
     point = stored(raw_point())
     assert (point.window_s, point.warmup_s, point.throughput_rps, point.client_cpu_s) == (
@@ -56,9 +64,9 @@ def test_stored_keeps_the_precision_of_bench_json() -> None:
 
 def test_a_point_reads_back_as_written_even_without_answers() -> None:
     empty = stored(LoadPoint(1, 5.0, 1.0, 0, 0.0, Latency.of([]), 3, {"HTTP 503": 3}, 0.01))
-    again = point_from_json(json.loads(json.dumps(point_to_json(empty))))
+    again = through_json(empty)
     assert again.error_kinds == {"HTTP 503": 3} and again.requests == 0
-    assert math.isnan(again.latency_ms.p50)  # bench.json has always written NaN for none
+    assert math.isnan(again.latency_ms.p50)  # bench.json writes NaN for none
 
 
 def test_served_model_round_trip_and_lookup() -> None:
@@ -68,10 +76,10 @@ def test_served_model_round_trip_and_lookup() -> None:
         JpegPoint("4000x3000", 1136384, stored(raw_point(1))),
         5.32,
     )
-    model = ServedModel(21.5, (point,), sizes)
-    assert ServedModel.from_json(json.loads(json.dumps(model.to_json()))) == model
-    assert model.at(16) == point and model.at(64) is None
-    assert "jpeg_size" not in ServedModel(21.5, (point,)).to_json()
+    model_results = ServedModel(21.5, (point,), sizes)
+    assert through_json(model_results) == model_results
+    assert through_json(ServedModel(21.5, (point,))).jpeg_size is None
+    assert model_results.at(16) == point and model_results.at(64) is None
 
 
 def test_limit_batch_sizes_are_numbers_in_results_and_keys_in_json() -> None:
@@ -84,12 +92,47 @@ def test_limit_batch_sizes_are_numbers_in_results_and_keys_in_json() -> None:
         best_batch=16,
         best_layout="channels_last",
         batch1_latency_ms=12.6,
+        one_thread_img_per_s=70.0,
         other=OtherLoad(0.01, 0.0),
     )
-    data = limit.to_json()
+    data = json.loads(json.dumps(asdict(limit)))
     assert data["img_per_s"]["channels_last"] == {"1": 78.8, "16": 131.2}
-    assert "limit_after_img_per_s" not in data  # not measured (yet)
-    assert InProcessLimit.from_json(json.loads(json.dumps(data))) == limit
+    assert data["limit_after_img_per_s"] is None  # not measured (yet)
+    assert from_dict(InProcessLimit, data) == limit
+
+
+def test_a_whole_run_reads_back_as_written() -> None:
+    results = run({"resnet18": model(), "resnet50": model()})
+    assert through_json(results) == results
+
+
+def test_a_file_that_is_not_this_versions_fails_whole() -> None:
+    """A figure missing, renamed or of the wrong type fails where bench.json is read, saying
+    where; no figure is quietly taken as "not measured"."""
+
+    def document() -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(run({"resnet18": model()}))))
+
+    missing = document()
+    del missing["fp32_peak"]
+    with pytest.raises(ValueError, match=r"^Results needs the keys \[.*'fp32_peak'.*\], got"):
+        from_dict(Results, missing)
+
+    renamed = document()
+    point = renamed["models"]["resnet18"]["served"]["stock"]["points"][0]["load"]
+    point["rps"] = point.pop("throughput_rps")
+    with pytest.raises(ValueError, match=r"Results.models: ModelResults.served: .*LoadPoint needs"):
+        from_dict(Results, renamed)
+
+    mistyped = document()
+    mistyped["models"]["resnet18"]["gflop_per_image"] = "2.0"
+    with pytest.raises(ValueError, match=r"gflop_per_image: expected float, got '2\.0'$"):
+        from_dict(Results, mistyped)
+
+    mistyped = document()
+    mistyped["settings"]["concurrencies"] = 16
+    with pytest.raises(ValueError, match=r"Settings.concurrencies: expected tuple\[int, \.\.\.\]"):
+        from_dict(Results, mistyped)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from resnet_mar.load_client import (
+from resnet_mar.bench.load_client import (
     HttpRequest,
     Latency,
     jpeg_predictions,

@@ -25,17 +25,16 @@ For each model (untrained weights: speed does not depend on them) one run measur
 Our setups serve every model from one server, as ``make serve`` does: each model is measured
 while the others idle, then all of them are loaded at once (the models must share the machine,
 not collapse). The stock setup serves each model alone. One server runs at a time and is always
-stopped; the load comes from :mod:`resnet_mar.load_client` (closed loop, real JPEG photos,
-loopback only). Outputs: ``report.md`` (tables and the headline ratios), ``bench.json`` (every
-raw number) and ``bench.png`` (throughput and p99 against concurrency).
+stopped; the load comes from ``load_client`` (closed loop, real JPEG photos, loopback only).
+Outputs: ``report.md`` (tables and the headline ratios), ``bench.json`` (every raw number) and
+``bench.png`` (throughput and p99 against concurrency).
 
 The process exits 0 when a target is missed (this is a report); it fails only when the run breaks.
 
-One job per module: what is sent (``inputs``), what is served (``setups``: served setups as
-data), building and archiving it (``archives``), the machine and the other load on it
-(``machine``), its FP32 peak and the models' GFLOP (``compute``), the in-process limit and
-preprocessing cost (``limit``), serving and sweeping
-(``served``), the results as dataclasses and ``bench.json`` (``results``), the targets as data
-(``targets``), derived notes (``notes``), ``report.md`` (``report``), ``bench.png`` (``plot``)
-and the run itself (``cli``, ``python -m resnet_mar.bench``).
+One job per module: what is sent and what is served, as data (``setups``), building and
+archiving it (``archives``), the machine and the other load on it (``machine``), the in-process
+limit, preprocessing cost, FP32 peak and GFLOP (``limit``), the load (``load_client``), serving
+and sweeping (``served``), the results as dataclasses and ``bench.json`` (``results``), the
+targets and the notes (``headline``), ``report.md`` (``report``), ``bench.png`` (``plot``) and
+the run itself (``cli``, ``python -m resnet_mar.bench``).
 """

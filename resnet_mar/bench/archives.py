@@ -63,46 +63,24 @@ def build_and_archive(work: Workspace, model_format: str, models: list[str]) -> 
             warnings.filterwarnings("ignore", message=JIT_DEPRECATION)
             files[name] = build_model(request, work.build(model_format)).model_file
     progress(f"archiving {', '.join(models)} ({model_format}) with archive.sh")
-    run_quietly(
-        [
-            str(REPO_ROOT / "archive.sh"),
-            "-b",
-            str(work.build(model_format)),
-            "-s",
-            str(work.store("ours", model_format)),
-            *models,
-        ]
-    )
+    build, store = work.build(model_format), work.store("ours", model_format)
+    run_quietly([str(REPO_ROOT / "archive.sh"), "-b", str(build), "-s", str(store), *models])
     return files
 
 
 def archive_stock(work: Workspace, model_format: str, models: list[str]) -> None:
     """The stock setup: the same serialized file and label map, TorchServe's own handler,
     no model-config (so TorchServe's defaults decide workers and batching)."""
-    store = work.store("stock", model_format)
+    build, store = work.build(model_format), work.store("stock", model_format)
     store.mkdir(parents=True, exist_ok=True)
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     suffix = EXPORTERS[model_format][0]
     for name in models:
         progress(f"archiving {name} for the stock setup (--handler image_classifier)")
-        run_quietly(
-            [
-                str(archiver),
-                "--model-name",
-                name,
-                "--version",
-                "1.0",
-                "--serialized-file",
-                str(work.build(model_format) / f"{name}{suffix}"),
-                "--handler",
-                "image_classifier",
-                "--extra-files",
-                str(work.build(model_format) / name / "index_to_name.json"),
-                "--export-path",
-                str(store),
-                "--force",
-            ]
-        )
+        command = [str(archiver), "--model-name", name, "--version", "1.0", "--force"]
+        command += ["--serialized-file", str(build / f"{name}{suffix}")]
+        command += ["--handler", "image_classifier", "--export-path", str(store)]
+        run_quietly([*command, "--extra-files", str(build / name / "index_to_name.json")])
 
 
 def run_quietly(command: list[str]) -> None:

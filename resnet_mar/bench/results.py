@@ -1,23 +1,67 @@
-"""Every figure one benchmark run measures, as dataclasses, and ``bench.json`` both ways.
+"""Every figure one benchmark run measures, as dataclasses; ``bench.json`` is
+:func:`dataclasses.asdict` of :class:`Results`, read back by :func:`from_dict`.
 
-The report, the plot and the headline read these types, never a parsed dict, so a renamed or
-missing figure fails where it is used. ``bench.json`` keeps the layout it has always had (a
-load point's fields side by side with the other load measured meanwhile), so the files of
-earlier runs read back and render again; a figure added later (the FP32 peak, GFLOP per
-image, the one-thread limit, the int8 gate) is written only when measured and reads back as
-None from an earlier file, which the report shows as "not measured". Measured values are
-rounded as they are stored, once, when a measurement becomes a result: a report rendered during
-the run and one rendered later from its ``bench.json`` are the same.
+The report, the plot and the headline read these types, never a parsed dict, and
+:func:`from_dict` checks every key and value against the annotations: a renamed or missing
+figure fails where the file is read, not halfway through a report. Measured values are rounded
+once, when a measurement becomes a result (:func:`stored`): a report rendered during the run and
+one rendered later from its ``bench.json`` are the same.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+import dataclasses
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
-from resnet_mar.load_client import Latency, LoadPoint
+from resnet_mar.bench.load_client import Latency, LoadPoint
 
-Json = dict[str, Any]
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Any) -> T:
+    """The dataclass ``cls`` from parsed JSON, every value converted by its field's annotation
+    (nested dataclasses, ``list``, ``tuple``, ``dict``, ``X | None``, plain types). Keys must
+    be exactly the fields: a file that is not this version's fails here, whole, saying where."""
+    names = [item.name for item in dataclasses.fields(cls)]
+    if not isinstance(data, dict) or set(data) != set(names):
+        found = sorted(data) if isinstance(data, dict) else repr(data)
+        raise ValueError(f"{cls.__name__} needs the keys {sorted(names)}, got {found}")
+    hints, values = typing.get_type_hints(cls), {}
+    for name in names:
+        try:
+            values[name] = _typed(data[name], hints[name])
+        except ValueError as error:
+            raise ValueError(f"{cls.__name__}.{name}: {error}") from None
+    return cls(**values)
+
+
+def _typed(value: Any, hint: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+        return _typed(value, kind)
+    if origin in (list, tuple, dict) and not isinstance(value, dict if origin is dict else list):
+        raise ValueError(f"expected {hint}, got {value!r}")
+    if origin is list:
+        return [_typed(item, args[0]) for item in value]
+    if origin is tuple:
+        kinds = [args[0]] * len(value) if args[-1] is Ellipsis else args
+        return tuple(_typed(item, kind) for item, kind in zip(value, kinds, strict=True))
+    if origin is dict:
+        # JSON keys are strings: an int key (a batch size) comes back from its digits.
+        key = int if args[0] is int else args[0]
+        return {key(k): _typed(v, args[1]) for k, v in value.items()}
+    if isinstance(value, hint) or (hint is float and isinstance(value, int)):
+        return value
+    raise ValueError(f"expected {hint.__name__}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -27,13 +71,6 @@ class OtherLoad:
 
     other_cores: float
     steal_cores: float
-
-    def to_json(self) -> Json:
-        return {"other_cores": self.other_cores, "steal_cores": self.steal_cores}
-
-    @classmethod
-    def from_json(cls, data: Json) -> OtherLoad:
-        return cls(data["other_cores"], data["steal_cores"])
 
 
 def stored(point: LoadPoint) -> LoadPoint:
@@ -49,49 +86,10 @@ def stored(point: LoadPoint) -> LoadPoint:
     )
 
 
-def point_to_json(point: LoadPoint) -> Json:
-    lat = point.latency_ms
-    return {
-        "concurrency": point.concurrency,
-        "window_s": point.window_s,
-        "warmup_s": point.warmup_s,
-        "requests": point.requests,
-        "throughput_rps": point.throughput_rps,
-        "latency_ms": {"p50": lat.p50, "p90": lat.p90, "p99": lat.p99, "mean": lat.mean},
-        "errors": point.errors,
-        "error_kinds": dict(point.error_kinds),
-        "client_cpu_s": point.client_cpu_s,
-    }
-
-
-def point_from_json(data: Json) -> LoadPoint:
-    lat = data["latency_ms"]
-    return LoadPoint(
-        concurrency=data["concurrency"],
-        window_s=data["window_s"],
-        warmup_s=data["warmup_s"],
-        requests=data["requests"],
-        throughput_rps=data["throughput_rps"],
-        latency_ms=Latency(lat["p50"], lat["p90"], lat["p99"], lat["mean"]),
-        errors=data["errors"],
-        error_kinds=dict(data["error_kinds"]),
-        client_cpu_s=data["client_cpu_s"],
-    )
-
-
 @dataclass(frozen=True)
 class ServedPoint:
-    """One concurrency of one served setup, and the other load meanwhile."""
-
     load: LoadPoint
     other: OtherLoad
-
-    def to_json(self) -> Json:
-        return {**point_to_json(self.load), **self.other.to_json()}
-
-    @classmethod
-    def from_json(cls, data: Json) -> ServedPoint:
-        return cls(point_from_json(data), OtherLoad.from_json(data))
 
 
 @dataclass(frozen=True)
@@ -102,13 +100,6 @@ class JpegPoint:
     bytes: int
     load: LoadPoint
 
-    def to_json(self) -> Json:
-        return {"pixels": self.pixels, "bytes": self.bytes, **point_to_json(self.load)}
-
-    @classmethod
-    def from_json(cls, data: Json) -> JpegPoint:
-        return cls(data["pixels"], data["bytes"], point_from_json(data))
-
 
 @dataclass(frozen=True)
 class JpegSizes:
@@ -117,21 +108,6 @@ class JpegSizes:
     small: JpegPoint
     large: JpegPoint
     p50_ratio_large_over_small: float
-
-    def to_json(self) -> Json:
-        return {
-            "small": self.small.to_json(),
-            "large": self.large.to_json(),
-            "p50_ratio_large_over_small": self.p50_ratio_large_over_small,
-        }
-
-    @classmethod
-    def from_json(cls, data: Json) -> JpegSizes:
-        return cls(
-            JpegPoint.from_json(data["small"]),
-            JpegPoint.from_json(data["large"]),
-            data["p50_ratio_large_over_small"],
-        )
 
 
 @dataclass(frozen=True)
@@ -145,21 +121,6 @@ class ServedModel:
     def at(self, concurrency: int) -> ServedPoint | None:
         return next((p for p in self.points if p.load.concurrency == concurrency), None)
 
-    def to_json(self) -> Json:
-        found: Json = {"startup_s": self.startup_s, "points": [p.to_json() for p in self.points]}
-        if self.jpeg_size is not None:
-            found["jpeg_size"] = self.jpeg_size.to_json()
-        return found
-
-    @classmethod
-    def from_json(cls, data: Json) -> ServedModel:
-        sizes = data.get("jpeg_size")
-        return cls(
-            data["startup_s"],
-            tuple(ServedPoint.from_json(p) for p in data["points"]),
-            JpegSizes.from_json(sizes) if sizes else None,
-        )
-
 
 @dataclass(frozen=True)
 class BusyModel:
@@ -168,13 +129,6 @@ class BusyModel:
 
     load: LoadPoint
     share_of_alone: float
-
-    def to_json(self) -> Json:
-        return {**point_to_json(self.load), "share_of_alone": self.share_of_alone}
-
-    @classmethod
-    def from_json(cls, data: Json) -> BusyModel:
-        return cls(point_from_json(data), data["share_of_alone"])
 
 
 @dataclass(frozen=True)
@@ -186,31 +140,14 @@ class AllBusy:
     other: OtherLoad
     shares_sum: float
 
-    def to_json(self) -> Json:
-        return {
-            "concurrency_per_model": self.concurrency_per_model,
-            "models": {name: m.to_json() for name, m in self.models.items()},
-            **self.other.to_json(),
-            "shares_sum": self.shares_sum,
-        }
-
-    @classmethod
-    def from_json(cls, data: Json) -> AllBusy:
-        return cls(
-            data["concurrency_per_model"],
-            {name: BusyModel.from_json(m) for name, m in data["models"].items()},
-            OtherLoad.from_json(data),
-            data["shares_sum"],
-        )
-
 
 @dataclass(frozen=True)
 class InProcessLimit:
     """The served file in this process on all cores, inference only: images per second at each
-    input layout and batch size, the best of them (the limit), and the median batch-1 latency.
-    ``limit_after_img_per_s`` is the limit measured again after the served measurements;
-    ``one_thread_img_per_s`` the same file on one thread at the limit's batch and layout (how
-    the limit scales with cores). None: not measured (runs before it have neither)."""
+    input layout and batch size, the best of them (the limit), the median batch-1 latency, and
+    the same file on one thread at the limit's batch and layout (how the limit scales with
+    cores). ``limit_after_img_per_s`` is the limit measured again after the served measurements
+    (None until then)."""
 
     file: str
     threads: int
@@ -220,119 +157,38 @@ class InProcessLimit:
     best_batch: int
     best_layout: str
     batch1_latency_ms: float
+    one_thread_img_per_s: float
     other: OtherLoad
     limit_after_img_per_s: float | None = None
-    one_thread_img_per_s: float | None = None
-
-    def to_json(self) -> Json:
-        found: Json = {
-            "file": self.file,
-            "threads": self.threads,
-            "img_per_s": {
-                layout: {str(b): v for b, v in speeds.items()}
-                for layout, speeds in self.img_per_s.items()
-            },
-            "batch1_ms": dict(self.batch1_ms),
-            "limit_img_per_s": self.limit_img_per_s,
-            "best_batch": self.best_batch,
-            "best_layout": self.best_layout,
-            "batch1_latency_ms": self.batch1_latency_ms,
-            **self.other.to_json(),
-        }
-        if self.limit_after_img_per_s is not None:
-            found["limit_after_img_per_s"] = self.limit_after_img_per_s
-        if self.one_thread_img_per_s is not None:
-            found["one_thread_img_per_s"] = self.one_thread_img_per_s
-        return found
-
-    @classmethod
-    def from_json(cls, data: Json) -> InProcessLimit:
-        return cls(
-            file=data["file"],
-            threads=data["threads"],
-            img_per_s={
-                layout: {int(b): v for b, v in speeds.items()}
-                for layout, speeds in data["img_per_s"].items()
-            },
-            batch1_ms=dict(data["batch1_ms"]),
-            limit_img_per_s=data["limit_img_per_s"],
-            best_batch=data["best_batch"],
-            best_layout=data["best_layout"],
-            batch1_latency_ms=data["batch1_latency_ms"],
-            other=OtherLoad.from_json(data),
-            limit_after_img_per_s=data.get("limit_after_img_per_s"),
-            one_thread_img_per_s=data.get("one_thread_img_per_s"),
-        )
 
 
 @dataclass
 class ModelResults:
-    """Everything measured for one model: its limit per format, each served setup (by label),
-    the CPU its exact preprocessing costs per photo and the arithmetic one image asks of it
-    (GFLOP, the same in every format). None: not measured (runs before it counted no GFLOP)."""
+    """Everything measured for one model: the arithmetic one image asks of it (GFLOP, the same
+    in every format), its limit per format, each served setup (by label) and the CPU its exact
+    preprocessing costs per photo (None until measured)."""
 
+    gflop_per_image: float
     in_process: dict[str, InProcessLimit] = field(default_factory=dict)
     served: dict[str, ServedModel] = field(default_factory=dict)
     preprocessing_ms: float | None = None
-    gflop_per_image: float | None = None
 
     def point(self, label: str, concurrency: int) -> ServedPoint | None:
-        """The setup ``label``'s point at ``concurrency``, None when it was not measured."""
         served = self.served.get(label)
         return served.at(concurrency) if served else None
-
-    def to_json(self) -> Json:
-        found: Json = {
-            "in_process": {fmt: limit.to_json() for fmt, limit in self.in_process.items()},
-            "served": {label: s.to_json() for label, s in self.served.items()},
-        }
-        if self.preprocessing_ms is not None:
-            found["preprocessing_ms"] = self.preprocessing_ms
-        if self.gflop_per_image is not None:
-            found["gflop_per_image"] = self.gflop_per_image
-        return found
-
-    @classmethod
-    def from_json(cls, data: Json) -> ModelResults:
-        return cls(
-            {fmt: InProcessLimit.from_json(limit) for fmt, limit in data["in_process"].items()},
-            {label: ServedModel.from_json(s) for label, s in data["served"].items()},
-            data.get("preprocessing_ms"),
-            data.get("gflop_per_image"),
-        )
 
 
 @dataclass(frozen=True)
 class MatmulPeak:
-    """The machine's FP32 arithmetic peak as one run measured it: GFLOP/s of a ``size`` x
-    ``size`` float32 matrix product (2 size^3 operations) on ``threads`` threads, the best of
-    ``calls`` calls, and the other load meanwhile. An in-process limit times its model's GFLOP
-    per image, over this, is the share of the hardware's FP32 arithmetic the file uses."""
+    """GFLOP/s of a ``size`` x ``size`` float32 matrix product on ``threads`` threads, the best
+    of ``calls`` calls: an in-process limit times its model's GFLOP per image, over this, is the
+    share of the hardware's FP32 arithmetic the file uses."""
 
     gflop_per_s: float
     size: int
     threads: int
     calls: int
     other: OtherLoad
-
-    def to_json(self) -> Json:
-        return {
-            "gflop_per_s": self.gflop_per_s,
-            "size": self.size,
-            "threads": self.threads,
-            "calls": self.calls,
-            **self.other.to_json(),
-        }
-
-    @classmethod
-    def from_json(cls, data: Json) -> MatmulPeak:
-        return cls(
-            data["gflop_per_s"],
-            data["size"],
-            data["threads"],
-            data["calls"],
-            OtherLoad.from_json(data),
-        )
 
 
 @dataclass(frozen=True)
@@ -345,53 +201,22 @@ class Machine:
 
 @dataclass(frozen=True)
 class Int8Gate:
-    """The quality gate an int8 build must pass (``BuildRequest.int8_min_agreement`` and
-    ``int8_max_error``): top-1 agreement with FP32 on held-aside photos, and the largest error
-    of the top-1 class's probability."""
+    """The quality gate an int8 build passed (``BuildRequest.int8_min_agreement`` and
+    ``int8_max_error``)."""
 
     min_agreement: float
     max_error: float
 
-    def to_json(self) -> Json:
-        return {"min_agreement": self.min_agreement, "max_error": self.max_error}
-
-    @classmethod
-    def from_json(cls, data: Json) -> Int8Gate:
-        return cls(data["min_agreement"], data["max_error"])
-
 
 @dataclass(frozen=True)
 class Settings:
-    """What the run was asked to measure: formats, client counts, seconds per point, and the
-    gate its int8 builds passed (None: the run built no int8 model)."""
+    """What the run was asked to measure; ``int8_gate`` None: it built no int8 model."""
 
     formats: tuple[str, ...]
     concurrencies: tuple[int, ...]
     duration_s: float
     warmup_s: float
-    int8_gate: Int8Gate | None = None
-
-    def to_json(self) -> Json:
-        found: Json = {
-            "formats": list(self.formats),
-            "concurrencies": list(self.concurrencies),
-            "duration_s": self.duration_s,
-            "warmup_s": self.warmup_s,
-        }
-        if self.int8_gate is not None:
-            found["int8_gate"] = self.int8_gate.to_json()
-        return found
-
-    @classmethod
-    def from_json(cls, data: Json) -> Settings:
-        gate = data.get("int8_gate")
-        return cls(
-            tuple(data["formats"]),
-            tuple(data["concurrencies"]),
-            data["duration_s"],
-            data["warmup_s"],
-            Int8Gate.from_json(gate) if gate else None,
-        )
+    int8_gate: Int8Gate | None
 
 
 @dataclass(frozen=True)
@@ -405,61 +230,34 @@ class HeadlineRow:
     target: str
     passed: bool
 
-    def to_json(self) -> Json:
-        return {
-            "check": self.check,
-            "model": self.model,
-            "value": self.value,
-            "target": self.target,
-            "passed": self.passed,
-        }
-
 
 @dataclass
 class Results:
-    """One run. It is filled as the run goes (``load_end`` and ``wall_time_s`` at its end).
-    ``fp32_peak`` None: not measured (runs before it did not measure the peak)."""
+    """One run, filled as it goes (``load_end``, ``wall_time_s`` and ``headline`` at its end).
+    The stored headline is for readers of ``bench.json``; the report checks the targets again
+    from the figures, so an edited verdict in a file cannot pass a figure."""
 
     started: str
     machine: Machine
     versions: dict[str, str]
     load_start: list[float]
     settings: Settings
+    fp32_peak: MatmulPeak
     models: dict[str, ModelResults]
     all_busy: dict[str, AllBusy] = field(default_factory=dict)
     load_end: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
-    fp32_peak: MatmulPeak | None = None
+    headline: list[HeadlineRow] = field(default_factory=list)
 
-    def to_json(self, headline: list[HeadlineRow]) -> Json:
-        """``bench.json``, with the headline as checked at the end of the run."""
-        peak = {"fp32_peak": self.fp32_peak.to_json()} if self.fp32_peak else {}
-        return {
-            "started": self.started,
-            "machine": asdict(self.machine),
-            "versions": dict(self.versions),
-            "load": {"start": list(self.load_start), "end": list(self.load_end)},
-            "settings": self.settings.to_json(),
-            **peak,
-            "models": {name: model.to_json() for name, model in self.models.items()},
-            "all_busy": {label: busy.to_json() for label, busy in self.all_busy.items()},
-            "headline": [row.to_json() for row in headline],
-            "wall_time_s": self.wall_time_s,
-        }
+    def limits(self) -> Iterator[tuple[str, str, ModelResults, InProcessLimit]]:
+        """Every in-process limit, model by model, with its model's name, format and results."""
+        for name, model in self.models.items():
+            for fmt, limit in model.in_process.items():
+                yield name, fmt, model, limit
 
-    @classmethod
-    def from_json(cls, data: Json) -> Results:
-        """A run read back from its ``bench.json``. Its stored headline is not read: the
-        headline is checked again from the measurements (``targets.headline``)."""
-        return cls(
-            started=data["started"],
-            machine=Machine(**data["machine"]),
-            versions=dict(data["versions"]),
-            load_start=list(data["load"]["start"]),
-            settings=Settings.from_json(data["settings"]),
-            models={name: ModelResults.from_json(m) for name, m in data["models"].items()},
-            all_busy={label: AllBusy.from_json(b) for label, b in data["all_busy"].items()},
-            load_end=list(data["load"]["end"]),
-            wall_time_s=data["wall_time_s"],
-            fp32_peak=MatmulPeak.from_json(data["fp32_peak"]) if "fp32_peak" in data else None,
-        )
+    def points(self) -> Iterator[tuple[str, str, ServedPoint]]:
+        """Every served point, model by model, with its model's name and its setup's label."""
+        for name, model in self.models.items():
+            for label, served in model.served.items():
+                for point in served.points:
+                    yield name, label, point

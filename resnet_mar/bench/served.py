@@ -8,173 +8,118 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from resnet_mar.bench import results
 from resnet_mar.bench.archives import Workspace
-from resnet_mar.bench.inputs import SizedJpeg
+from resnet_mar.bench.load_client import LoadPoint, run_point
 from resnet_mar.bench.machine import cpu_counters, other_load
 from resnet_mar.bench.progress import progress
-from resnet_mar.bench.results import (
-    AllBusy,
-    BusyModel,
-    JpegPoint,
-    JpegSizes,
-    ServedModel,
-    ServedPoint,
-    stored,
-)
-from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, ServedSetup
-from resnet_mar.load_client import LoadPoint, run_point
+from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, ServedSetup, SizedJpeg
 from resnet_mar.torchserve import RunningServer, private_server
 
 
 @dataclass(frozen=True)
-class LoadSettings:
-    """How each point is loaded: client counts, seconds per window, minimum warm-up."""
+class Clients:
+    """What the clients of every served setup send, and for how long (the run's settings)."""
 
-    concurrencies: tuple[int, ...]
-    duration_s: float
-    warmup_s: float
+    work: Workspace
+    payloads: list[bytes]
+    sizes: dict[str, SizedJpeg]
+    settings: results.Settings
 
+    def measure(
+        self, setup: ServedSetup, models: list[str]
+    ) -> tuple[dict[str, results.ServedModel], results.AllBusy | None]:
+        """Every model under ``setup`` (from one server, or from one server per model), and the
+        all-busy point (None: not measured)."""
+        if setup.together:
+            return self.serve(setup, models)
+        found: dict[str, results.ServedModel] = {}
+        for name in models:
+            found.update(self.serve(setup, [name])[0])
+        return found, None
 
-@dataclass(frozen=True)
-class Measured:
-    """What one setup gave: each model's figures, and the all-busy point (if measured)."""
+    def serve(
+        self, setup: ServedSetup, names: list[str]
+    ) -> tuple[dict[str, results.ServedModel], results.AllBusy | None]:
+        """Start one server holding ``names``, measure each model in turn, then (if the setup
+        asks and there are several) all of them at once; stop the server."""
+        label, began, all_busy = setup.label, time.monotonic(), None
+        progress(f"{', '.join(names)} [{label}]: starting TorchServe")
+        per_model: dict[str, results.ServedModel] = {}
+        with private_server(
+            self.work.store(setup.archive, setup.model_format),
+            names,
+            workdir=self.work.server(label if setup.together else f"{label}-{names[0]}"),
+            config_text=setup.config_text,
+            worker_environment=setup.worker_environment,
+            isolated=setup.isolated,
+        ) as server:
+            startup_s = round(time.monotonic() - began, 1)
+            progress(f"{', '.join(names)} [{label}]: READY after {startup_s} s")
+            for name in names:
+                points = tuple(
+                    self.point(server, setup, name, c)
+                    for c in setup.concurrencies or self.settings.concurrencies
+                )
+                sizes = self.jpeg_sizes(server, setup, name) if setup.jpeg_sizes else None
+                per_model[name] = results.ServedModel(startup_s, points, sizes)
+            if setup.all_busy and len(names) > 1:
+                all_busy = self.all_busy(server, setup, per_model)
+        progress(f"{', '.join(names)} [{label}]: server stopped")
+        return per_model, all_busy
 
-    models: dict[str, ServedModel]
-    all_busy: AllBusy | None
-
-
-def measure_setup(
-    setup: ServedSetup,
-    work: Workspace,
-    models: list[str],
-    payloads: list[bytes],
-    load: LoadSettings,
-    sizes: dict[str, SizedJpeg],
-) -> Measured:
-    """Every model under ``setup``: from one server, or from one server per model."""
-    if setup.together:
-        return serve(setup, work, models, payloads, load, sizes)
-    found: dict[str, ServedModel] = {}
-    for name in models:
-        found.update(serve(setup, work, [name], payloads, load, sizes).models)
-    return Measured(found, None)
-
-
-def serve(
-    setup: ServedSetup,
-    work: Workspace,
-    names: list[str],
-    payloads: list[bytes],
-    load: LoadSettings,
-    sizes: dict[str, SizedJpeg],
-) -> Measured:
-    """Start one server holding ``names``, measure each model in turn, then (if the setup asks
-    and there are several) all of them at once; stop the server."""
-    label = setup.label
-    workdir = work.server(label if setup.together else f"{label}-{names[0]}")
-    progress(f"{', '.join(names)} [{label}]: starting TorchServe")
-    began = time.monotonic()
-    per_model: dict[str, ServedModel] = {}
-    together = None
-    with private_server(
-        work.store(setup.archive, setup.model_format),
-        names,
-        workdir=workdir,
-        config_text=setup.config_text,
-        worker_environment=setup.worker_environment,
-        isolated=setup.isolated,
-    ) as server:
-        startup_s = round(time.monotonic() - began, 1)
-        progress(f"{', '.join(names)} [{label}]: READY after {startup_s} s")
-        for name in names:
-            points = sweep(server, setup, name, payloads, load)
-            jpeg_size = measure_jpeg_sizes(server, setup, name, sizes) if setup.jpeg_sizes else None
-            per_model[name] = ServedModel(startup_s, points, jpeg_size)
-        if setup.all_busy and len(names) > 1:
-            together = measure_all_busy(server, setup, names, payloads, load, per_model)
-    progress(f"{', '.join(names)} [{label}]: server stopped")
-    return Measured(per_model, together)
-
-
-def sweep(
-    server: RunningServer,
-    setup: ServedSetup,
-    name: str,
-    payloads: list[bytes],
-    load: LoadSettings,
-) -> tuple[ServedPoint, ...]:
-    """One model at each client count of the setup (or the run), with the other load."""
-    points = []
-    for concurrency in setup.concurrencies or load.concurrencies:
-        before = cpu_counters(server.group_pids())
-        point = run_point(
-            server.endpoints.inference,
-            setup.requests(name, payloads),
-            concurrency,
-            duration_s=load.duration_s,
-            warmup_s=load.warmup_s,
-        )
-        others = other_load(before, cpu_counters(server.group_pids()))
-        points.append(ServedPoint(stored(point), others))
-        progress(f"{name} [{setup.label}] {describe(point)}  other load {others.other_cores}")
-    return tuple(points)
-
-
-def measure_all_busy(
-    server: RunningServer,
-    setup: ServedSetup,
-    names: list[str],
-    payloads: list[bytes],
-    load: LoadSettings,
-    alone: dict[str, ServedModel],
-) -> AllBusy:
-    """Every model of the server loaded at once, each by its own clients. A model's share is
-    its throughput now over its throughput alone: the shares add up to 1 when the models split
-    the machine without loss, and fall far below when their threads oversubscribe the cores."""
-    c = HEADLINE_CONCURRENCY
-
-    def load_one(name: str) -> LoadPoint:
+    def load(self, server: RunningServer, setup: ServedSetup, name: str, c: int) -> LoadPoint:
+        requests = setup.requests(name, self.payloads)
+        duration_s, warmup_s = self.settings.duration_s, self.settings.warmup_s
         return run_point(
-            server.endpoints.inference,
-            setup.requests(name, payloads),
-            c,
-            duration_s=load.duration_s,
-            warmup_s=load.warmup_s,
+            server.endpoints.inference, requests, c, duration_s=duration_s, warmup_s=warmup_s
         )
 
-    before = cpu_counters(server.group_pids())
-    with ThreadPoolExecutor(max_workers=len(names)) as clients:  # re-raises a client's failure
-        points = dict(zip(names, clients.map(load_one, names), strict=True))
-    others = other_load(before, cpu_counters(server.group_pids()))
-    models = {}
-    for name in names:
-        point = points[name]
-        alone_at_c = alone[name].at(c)
-        share = point.throughput_rps / alone_at_c.load.throughput_rps if alone_at_c else 0.0
-        models[name] = BusyModel(stored(point), round(share, 3))
-        progress(f"{name} [{setup.label}, all busy] {describe(point)}  share of alone {share:.2f}")
-    shares_sum = round(sum(m.share_of_alone for m in models.values()), 3)
-    return AllBusy(c, models, others, shares_sum)
+    def point(
+        self, server: RunningServer, setup: ServedSetup, name: str, c: int
+    ) -> results.ServedPoint:
+        """One model at ``c`` clients, with the other load on the machine meanwhile."""
+        before = cpu_counters(server.group_pids())
+        point = self.load(server, setup, name, c)
+        others = other_load(before, cpu_counters(server.group_pids()))
+        progress(f"{name} [{setup.label}] {describe(point)}  other load {others.other_cores}")
+        return results.ServedPoint(results.stored(point), others)
 
-
-def measure_jpeg_sizes(
-    server: RunningServer, setup: ServedSetup, name: str, sizes: dict[str, SizedJpeg]
-) -> JpegSizes:
-    """Latency at concurrency 1 of a 12-megapixel JPEG against a 0.3-megapixel one."""
-    found = {}
-    for which in ("small", "large"):
-        jpeg = sizes[which]
-        point = run_point(
-            server.endpoints.inference,
-            setup.requests(name, [jpeg.data]),
-            1,
-            duration_s=5.0,
-            warmup_s=1.0,
+    def all_busy(
+        self, server: RunningServer, setup: ServedSetup, alone: dict[str, results.ServedModel]
+    ) -> results.AllBusy:
+        """Every model of the server loaded at once, each by its own clients. A model's share is
+        its throughput now over its throughput alone: the shares add up to 1 when the models
+        split the machine without loss, and fall far below when their threads oversubscribe the
+        cores."""
+        c, names = HEADLINE_CONCURRENCY, list(alone)
+        before = cpu_counters(server.group_pids())
+        with ThreadPoolExecutor(len(names)) as clients:  # re-raises a client's failure
+            points = clients.map(lambda name: self.load(server, setup, name, c), names)
+            found = dict(zip(names, points, strict=True))
+        others = other_load(before, cpu_counters(server.group_pids()))
+        models = {}
+        for name, point in found.items():
+            at_c = alone[name].at(c)
+            share = point.throughput_rps / at_c.load.throughput_rps if at_c else 0.0
+            models[name] = results.BusyModel(results.stored(point), round(share, 3))
+            progress(
+                f"{name} [{setup.label}, all busy] {describe(point)}  share of alone {share:.2f}"
+            )
+        return results.AllBusy(
+            c, models, others, round(sum(m.share_of_alone for m in models.values()), 3)
         )
-        found[which] = JpegPoint(jpeg.pixels, len(jpeg.data), stored(point))
-        progress(f"{name} {which} JPEG {jpeg.pixels}: {describe(point)}")
-    ratio = found["large"].load.latency_ms.p50 / found["small"].load.latency_ms.p50
-    return JpegSizes(found["small"], found["large"], round(ratio, 2))
+
+    def jpeg_sizes(self, server: RunningServer, setup: ServedSetup, name: str) -> results.JpegSizes:
+        """Latency at concurrency 1 of a 12-megapixel JPEG against a 0.3-megapixel one."""
+        found = {}
+        for which, jpeg in self.sizes.items():
+            requests = setup.requests(name, [jpeg.data])
+            point = run_point(server.endpoints.inference, requests, 1, duration_s=5.0, warmup_s=1.0)
+            found[which] = results.JpegPoint(jpeg.pixels, len(jpeg.data), results.stored(point))
+            progress(f"{name} {which} JPEG {jpeg.pixels}: {describe(point)}")
+        ratio = found["large"].load.latency_ms.p50 / found["small"].load.latency_ms.p50
+        return results.JpegSizes(found["small"], found["large"], round(ratio, 2))
 
 
 def describe(point: LoadPoint) -> str:

@@ -1,4 +1,5 @@
-"""What the benchmark serves, as data: each served setup is a :class:`ServedSetup`.
+"""What the benchmark sends and serves, as data: real photos that ship inside installed packages
+(no download) as JPEG bytes, and each served setup as a :class:`ServedSetup`.
 
 A new setup (another format, the same archive behind another protocol, fewer client counts) is
 one more entry in :func:`served_setups`; the code that archives, serves and measures reads these
@@ -7,13 +8,24 @@ fields and nothing else.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from PIL import Image
+
+from resnet_mar.bench.load_client import HttpRequest, jpeg_predictions, jpeg_v2_infer
 from resnet_mar.bench.results import Int8Gate
-from resnet_mar.load_client import HttpRequest, jpeg_predictions, jpeg_v2_infer
+from resnet_mar.photos import photo_paths
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
+
+#: The build's sample photos (resnet_mar/photos.py), the ones the tests serve too.
+PHOTOS = tuple(photo_paths().values())
+JPEG_QUALITY = 90
+#: The large/small JPEG pair is made from this photo, both stretched to 4:3 as a phone photo is.
+SIZE_TEST_PHOTO = photo_paths()["coffee"]
+JPEG_SIZES = {"small": (640, 480), "large": (4000, 3000)}
 
 #: The headline compares every setup at this many clients; all-busy runs it per model.
 HEADLINE_CONCURRENCY = 16
@@ -37,6 +49,36 @@ metrics_address=http://127.0.0.1:8082
 disable_token_authorization=true
 """
 
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def photo_payloads() -> list[bytes]:
+    """The request bodies: JPEG files as they are, PNGs re-encoded to JPEG in memory (clients
+    send JPEG photos; a PNG would make decoding, not the model, the cost being measured)."""
+    return [p.read_bytes() if p.suffix == ".jpg" else jpeg_bytes(Image.open(p)) for p in PHOTOS]
+
+
+@dataclass(frozen=True)
+class SizedJpeg:
+    """One photo of the size test: its pixels as the report names them, and its bytes."""
+
+    pixels: str
+    data: bytes
+
+
+def size_test_payloads() -> dict[str, SizedJpeg]:
+    """The same photo as a 0.3-megapixel ("small") and a 12-megapixel ("large") JPEG."""
+    photo = Image.open(SIZE_TEST_PHOTO).convert("RGB")
+    return {
+        which: SizedJpeg(f"{w}x{h}", jpeg_bytes(photo.resize((w, h), Image.Resampling.BICUBIC)))
+        for which, (w, h) in JPEG_SIZES.items()
+    }
+
+
 #: How a setup's clients ask for one model: its name and the photos -> the requests they cycle.
 RequestShape = Callable[[str, Sequence[bytes]], list[HttpRequest]]
 
@@ -52,12 +94,12 @@ class ServedSetup:
 
     label: str
     model_format: str
-    archive: Literal["ours", "stock"]
-    config_text: str | None
-    worker_environment: Mapping[str, str]
+    archive: Literal["ours", "stock"] = "ours"
+    config_text: str | None = None
+    worker_environment: Mapping[str, str] = field(default_factory=lambda: WORKER_ENVIRONMENT)
     #: All models from one server, as ``make serve`` runs them (each measured while the others
     #: idle), or one server per model.
-    together: bool
+    together: bool = True
     requests: RequestShape = jpeg_predictions
     #: None: the run's concurrencies.
     concurrencies: tuple[int, ...] | None = None
@@ -85,41 +127,20 @@ def served_setups(formats: Sequence[str]) -> list[ServedSetup]:
     kindest case for it)."""
     setups = []
     for fmt in formats:
+        torchscript = fmt == "torchscript"
         setups.append(
-            ServedSetup(
-                label=ours(fmt),
-                model_format=fmt,
-                archive="ours",
-                config_text=None,
-                worker_environment=WORKER_ENVIRONMENT,
-                together=True,
-                jpeg_sizes=fmt == "torchscript",
-                all_busy=True,
-                limit_again=True,
-            )
+            ServedSetup(ours(fmt), fmt, jpeg_sizes=torchscript, all_busy=True, limit_again=True)
         )
-        if fmt == "torchscript":
-            setups.append(
-                ServedSetup(
-                    label=V2,
-                    model_format=fmt,
-                    archive="ours",
-                    config_text=None,
-                    worker_environment=WORKER_ENVIRONMENT,
-                    together=True,
-                    requests=jpeg_v2_infer,
-                    concurrencies=(HEADLINE_CONCURRENCY,),
-                )
+        if torchscript:
+            v2 = ServedSetup(V2, fmt, requests=jpeg_v2_infer, concurrencies=(HEADLINE_CONCURRENCY,))
+            stock = ServedSetup(
+                STOCK,
+                fmt,
+                archive="stock",
+                config_text=STOCK_CONFIG,
+                worker_environment={},
+                together=False,
+                isolated=False,
             )
-            setups.append(
-                ServedSetup(
-                    label=STOCK,
-                    model_format=fmt,
-                    archive="stock",
-                    config_text=STOCK_CONFIG,
-                    worker_environment={},
-                    together=False,
-                    isolated=False,
-                )
-            )
+            setups += [v2, stock]
     return setups

@@ -35,8 +35,9 @@ import json
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 
@@ -133,25 +134,6 @@ def percentile(sorted_values: Sequence[float], pct: float) -> float:
     return sorted_values[rank - 1]
 
 
-@dataclass
-class _Shared:
-    """State every client of one point sees: when the window opens and closes."""
-
-    concurrency: int
-    window_start: float = float("inf")
-    window_end: float = float("inf")
-    stop: bool = False
-    answered_once: set[int] = field(default_factory=set)
-    everyone_answered: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass
-class _Record:
-    end: float
-    latency_s: float
-    status: int
-
-
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     """One HTTP/1.1 response: its status and whether the server keeps the connection open.
     The body is read (and dropped) so that the next response starts where it should."""
@@ -184,98 +166,84 @@ async def _read_chunks(reader: asyncio.StreamReader) -> None:
         pass
 
 
-async def _client(
-    index: int,
-    shared: _Shared,
-    address: tuple[str, int],
-    wire: Sequence[bytes],
-    timeout_s: float,
-    records: list[_Record],
-    failures: dict[str, int],
-) -> None:
-    """One closed-loop client on its own keep-alive connection; reconnects after a drop."""
-    host, port = address
-    # Clients start at different requests so that a batch holds a mix of them.
-    order = itertools.islice(itertools.cycle(range(len(wire))), index % len(wire), None)
-    writer: asyncio.StreamWriter | None = None
-    try:
-        for which in order:
-            if shared.stop:
-                return
-            start = time.perf_counter()
-            try:
-                if writer is None:
-                    reader, writer = await asyncio.open_connection(host, port)
-                writer.write(wire[which])
-                status, keep_alive = await asyncio.wait_for(_read_response(reader), timeout_s)
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as err:
-                kind = type(err).__name__
-                failures[kind] = failures.get(kind, 0) + 1
-                status, keep_alive = 0, False
-            end = time.perf_counter()
-            records.append(_Record(end, end - start, status))
-            if not keep_alive and writer is not None:
-                writer.close()
-                writer = None
-            shared.answered_once.add(index)
-            if len(shared.answered_once) == shared.concurrency:
-                shared.everyone_answered.set()
-    finally:
-        if writer is not None:
-            writer.close()
-
-
 async def _run_point(
     url: str,
     requests: Sequence[HttpRequest],
     concurrency: int,
-    *,
     duration_s: float,
     warmup_s: float,
     max_warmup_s: float,
     timeout_s: float,
 ) -> LoadPoint:
-    shared = _Shared(concurrency)
-    records: list[_Record] = []
-    failures: dict[str, int] = {}
     parts = urlsplit(url)
-    address = (parts.hostname or "127.0.0.1", parts.port or 80)
-    wire = [request.encode(*address) for request in requests]
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    wire = [request.encode(host, port) for request in requests]
+    records: list[tuple[float, float, int]] = []  # (end, latency s, status; 0: no answer)
+    failures: Counter[str] = Counter()
+    answered_once: set[int] = set()
+    everyone_answered = asyncio.Event()
+    stop = False
+
+    async def client(index: int) -> None:
+        """One closed-loop client on its own keep-alive connection; reconnects after a drop.
+        Clients start at different requests so that a batch holds a mix of them."""
+        order = itertools.islice(itertools.cycle(range(len(wire))), index % len(wire), None)
+        writer: asyncio.StreamWriter | None = None
+        try:
+            for which in order:
+                if stop:
+                    return
+                start = time.perf_counter()
+                try:
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection(host, port)
+                    writer.write(wire[which])
+                    status, keep_alive = await asyncio.wait_for(_read_response(reader), timeout_s)
+                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as err:
+                    failures[type(err).__name__] += 1
+                    status, keep_alive = 0, False
+                end = time.perf_counter()
+                records.append((end, end - start, status))
+                if not keep_alive and writer is not None:
+                    writer.close()
+                    writer = None
+                answered_once.add(index)
+                if len(answered_once) == concurrency:
+                    everyone_answered.set()
+        finally:
+            if writer is not None:
+                writer.close()
+
     began = time.perf_counter()
-    tasks = [
-        asyncio.create_task(_client(i, shared, address, wire, timeout_s, records, failures))
-        for i in range(concurrency)
-    ]
+    tasks = [asyncio.create_task(client(i)) for i in range(concurrency)]
     await asyncio.sleep(warmup_s)
     remaining = max(0.0, max_warmup_s - (time.perf_counter() - began))
     # Past max_warmup_s the window opens anyway; the recorded warm-up says how long it was.
     with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(shared.everyone_answered.wait(), remaining)
-    shared.window_start = time.perf_counter()
-    cpu_window_start = time.process_time()
+        await asyncio.wait_for(everyone_answered.wait(), remaining)
+    window_start, cpu_start = time.perf_counter(), time.process_time()
     await asyncio.sleep(duration_s)
-    shared.window_end = time.perf_counter()
-    cpu_window = time.process_time() - cpu_window_start
-    shared.stop = True
+    window_end, cpu_window = time.perf_counter(), time.process_time() - cpu_start
+    stop = True
     await asyncio.gather(*tasks)
 
-    inside = [r for r in records if shared.window_start <= r.end < shared.window_end]
-    good = sorted(r.latency_s * 1000 for r in inside if r.status == 200)
-    window = shared.window_end - shared.window_start
-    errors = [r for r in records if r.status != 200]
-    kinds = dict(failures)
-    for record in errors:
-        if record.status:
-            kinds[f"HTTP {record.status}"] = kinds.get(f"HTTP {record.status}", 0) + 1
+    good = sorted(
+        latency_s * 1000
+        for end, latency_s, status in records
+        if window_start <= end < window_end and status == 200
+    )
+    statuses = [status for _, _, status in records if status != 200]
+    failures.update(f"HTTP {status}" for status in statuses if status)
+    window = window_end - window_start
     return LoadPoint(
         concurrency=concurrency,
         window_s=window,
-        warmup_s=shared.window_start - began,
+        warmup_s=window_start - began,
         requests=len(good),
         throughput_rps=len(good) / window,
         latency_ms=Latency.of(good),
-        errors=len(errors),
-        error_kinds=kinds,
+        errors=len(statuses),
+        error_kinds=dict(failures),
         client_cpu_s=cpu_window,
     )
 
@@ -294,14 +262,5 @@ def run_point(
     ``requests``; see the module docstring."""
     if not requests:
         raise ValueError("run_point needs at least one request")
-    return asyncio.run(
-        _run_point(
-            url,
-            requests,
-            concurrency,
-            duration_s=duration_s,
-            warmup_s=warmup_s,
-            max_warmup_s=max_warmup_s,
-            timeout_s=timeout_s,
-        )
-    )
+    timing = (duration_s, warmup_s, max_warmup_s, timeout_s)
+    return asyncio.run(_run_point(url, requests, concurrency, *timing))

@@ -1,0 +1,93 @@
+"""One whole benchmark run with every build, timing and server faked: the order of the setups,
+what each fills in, and the outputs written from it (bench.json reading back as the run).
+
+The measurements themselves are tested where they live (test_bench_limit.py, test_load_client.py);
+this checks the run that strings them together, which otherwise only ``make bench`` exercises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from resnet_mar.bench import cli, served
+from resnet_mar.bench.load_client import HttpRequest, Latency, LoadPoint
+from resnet_mar.bench.results import MatmulPeak, Results, from_dict
+from tests.bench_runs import IDLE, limit
+
+
+def fake_point(url: str, requests: list[HttpRequest], concurrency: int, **_: float) -> LoadPoint:
+    """10 req/s per client over /predictions, 9 over the Open Inference Protocol."""
+    rps = concurrency * (9.0 if requests[0].path.startswith("/v2/") else 10.0)
+    return LoadPoint(
+        concurrency, 10.0, 2.0, round(rps * 10), rps, Latency(5, 6, 7, 5.5), 0, {}, 0.1
+    )
+
+
+@pytest.fixture
+def servers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """Every step faked; the servers started, in order: their store's folder, their models and
+    how they were started."""
+    started: list[tuple[str, list[str], dict[str, Any]]] = []
+
+    @contextlib.contextmanager
+    def private_server(store: Path, names: list[str], **how: Any) -> Iterator[SimpleNamespace]:
+        started.append((store.parent.name, names, how))
+        endpoints = SimpleNamespace(inference="http://127.0.0.1:9")
+        yield SimpleNamespace(endpoints=endpoints, group_pids=lambda: [])
+
+    def built(work: object, fmt: str, models: list[str]) -> dict[str, Path]:
+        return {name: Path(f"{name}.{fmt}") for name in models}
+
+    monkeypatch.setattr(cli, "build_and_archive", built)
+    monkeypatch.setattr(cli, "archive_stock", lambda *_: None)
+    monkeypatch.setattr(cli, "gflop_per_image", lambda *_: 2.0)
+    monkeypatch.setattr(cli, "fp32_matmul_peak", lambda: MatmulPeak(400.0, 64, 2, 5, IDLE))
+    monkeypatch.setattr(cli, "preprocessing_cost", lambda *_: 2.0)
+    monkeypatch.setattr(cli, "in_process_limit", lambda *_: limit(100.0, one_thread=50.0))
+    monkeypatch.setattr(cli, "at_best_batch", lambda *_: 95.0)
+    monkeypatch.setattr(served, "run_point", fake_point)
+    monkeypatch.setattr(served, "private_server", private_server)
+    return started
+
+
+def test_a_run_fills_every_figure_and_writes_its_outputs(
+    servers: list[tuple[str, list[str], dict[str, Any]]], tmp_path: Path
+) -> None:
+    args = cli.parser().parse_args(
+        ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--formats", "onnx"]
+    )
+    results = cli.run(args)
+    assert [(folder, names) for folder, names, _ in servers] == [
+        ("torchscript", ["resnet18", "resnet50"]),  # ours
+        ("torchscript", ["resnet18", "resnet50"]),  # the same, over v2
+        ("torchscript", ["resnet18"]),  # stock, one server per model
+        ("torchscript", ["resnet50"]),
+        ("onnx", ["resnet18", "resnet50"]),
+    ]
+    assert not servers[2][2]["isolated"] and servers[2][2]["worker_environment"] == {}
+    model = results.models["resnet50"]
+    assert list(model.served) == ["ours-torchscript", "ours-torchscript-v2", "stock", "ours-onnx"]
+    assert [p.load.concurrency for p in model.served["ours-torchscript-v2"].points] == [16]
+    assert model.served["ours-torchscript"].jpeg_size is not None
+    assert model.served["ours-onnx"].jpeg_size is None
+    assert {fmt: lim.limit_after_img_per_s for fmt, lim in model.in_process.items()} == {
+        "torchscript": 95.0,
+        "onnx": 95.0,
+    }
+    assert (model.gflop_per_image, model.preprocessing_ms) == (2.0, 2.0)
+    assert list(results.all_busy) == ["ours-torchscript", "ours-onnx"]
+    assert results.all_busy["ours-onnx"].shares_sum == 2.0  # each as fast as alone (faked)
+    assert results.headline == cli.headline.rows(results) and results.load_end
+
+    cli.write_outputs(results, args.out)
+    bench_json = json.loads((args.out / "bench.json").read_text())
+    assert from_dict(Results, bench_json) == results
+    assert (args.out / "report.md").read_text() == cli.render(results)
+    assert (args.out / "bench.png").stat().st_size > 0
