@@ -70,6 +70,14 @@ class Reply:
         return cls(status, {"content-type": "application/json"}, body)
 
 
+#: The answer while TorchServe does not listen behind the door: the server is starting or stopping.
+NOT_LISTENING = Reply(
+    503,
+    {"content-type": "application/json", "retry-after": "1"},
+    b'{"error":"the server is starting or stopping: retry in a moment"}',
+)
+
+
 class UnixHTTP:
     """One HTTP/1.1 exchange at a time with a server on a unix socket (TorchServe's inference
     or management door), each on a fresh connection."""
@@ -374,9 +382,16 @@ class FrontDoor:
                         return
                     continue
                 if upstream is None:
-                    upstream = await asyncio.open_unix_connection(
-                        str(self.upstream), limit=MAX_HEAD
-                    )
+                    try:
+                        upstream = await asyncio.open_unix_connection(
+                            str(self.upstream), limit=MAX_HEAD
+                        )
+                    except OSError:  # TorchServe not listening yet (starting) or any more
+                        if dict(fields).get("expect", "").lower() != "100-continue":
+                            async for _ in body_chunks(reader, fields):
+                                pass  # read whole: the client is not cut off while sending
+                        writer.write(encode_reply(NOT_LISTENING, close=True))
+                        return
                 routed = head if routed_target(target) == target else head.replace(
                     target.encode("latin-1"), routed_target(target).encode("latin-1"), 1
                 )  # fmt: skip

@@ -352,13 +352,15 @@ def stop_server(state: ServerState, *, drain_s: float = 30, exit_s: float = 30) 
     """Close the public doors, answer what is queued, stop Java, and wait until no process of
     the server is left; then remove its temporary files (extracted archives, worker sockets).
 
-    Connections already open through a forwarder may still send until Java stops: the drain is
-    exact for clients that open a connection per request."""
+    The doors stop first and Java only once they have exited: the front door answers every
+    request it accepted, and tells kept-open connections to close, before it exits."""
     folder = ServerFolder(Path(state.folder))
     for forwarder in state.forwarders:  # the listener only: open connections keep relaying
         with suppress(ProcessLookupError):
             os.kill(forwarder, signal.SIGTERM)
-    pending, drained = _drain(state.endpoints.management, drain_s)
+    pending = _pending(state.endpoints.management)
+    _wait(lambda: not any(_alive(forwarder) for forwarder in state.forwarders), drain_s)
+    drained = _drain(state.endpoints.management, drain_s)
     java = _java_pid(folder)
     began = time.monotonic()
     with suppress(ProcessLookupError):
@@ -375,25 +377,29 @@ def stop_server(state: ServerState, *, drain_s: float = 30, exit_s: float = 30) 
     return StopReport(drained, pending, java_exit_s, killed=not exited)
 
 
-def _drain(management: str, timeout_s: float) -> tuple[int, bool]:
+def _pending(management: str) -> int:
+    """Requests queued now; 0 when the management door does not answer."""
+    try:
+        return pending_requests(management)
+    except (OSError, http.client.HTTPException, ValueError):
+        return 0
+
+
+def _drain(management: str, timeout_s: float) -> bool:
     """Wait until no request is queued (and the batch a worker holds had time to finish)."""
     if timeout_s <= 0:
-        return 0, False
-    try:
-        first = pending_requests(management)
-    except (OSError, http.client.HTTPException, ValueError):
-        return 0, True  # no management door: nothing can be asked, nothing to drain
+        return False
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if pending_requests(management) == 0:
                 time.sleep(0.5)  # the batch already in a worker is not counted as pending
                 if pending_requests(management) == 0:
-                    return first, True
+                    return True
         except (OSError, http.client.HTTPException, ValueError):
-            return first, True
+            return True  # no management door: nothing can be asked, nothing to drain
         time.sleep(0.2)
-    return first, False
+    return False
 
 
 def _java_pid(folder: ServerFolder) -> int | None:

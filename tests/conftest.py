@@ -23,7 +23,7 @@ from tests.server_probes import worker_pids
 #: Fixtures that build models or start TorchServe: ``--fast`` (make check) leaves their tests out.
 HEAVY_FIXTURES = {"build_dir", "model_store", "server", "references", "handler_and_context"}
 #: Markers of tests that do either themselves.
-HEAVY_MARKERS = ("integration", "container", "builds")
+HEAVY_MARKERS = ("integration", "slow", "container", "builds")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -215,3 +215,21 @@ def test_a_closing_head_replaces_what_the_response_said() -> None:
     status, fields, _ = parse_head(closing_head(head))
     assert status == "200"
     assert fields == [("content-length", "2"), ("connection", "close")]
+
+
+def test_without_torchserve_behind_it_the_door_answers_503_retry_later(tmp_path) -> None:
+    """While TorchServe starts (or after it stopped) its socket is missing: a request gets a
+    503 with Retry-After, not a connection closed under it."""
+
+    async def check(port, door, server):
+        door.upstream = tmp_path / "not-yet.sock"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"PUT /predictions/fast HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+        status, fields, _ = parse_head(await reader.readuntil(b"\r\n\r\n"))
+        body = await reader.readexactly(int(dict(fields)["content-length"]))
+        assert (status, dict(fields)["retry-after"]) == ("503", "1")
+        assert "starting or stopping" in json.loads(body)["error"]
+        assert await reader.read() == b""
+        writer.close()
+
+    asyncio.run(with_door(tmp_path, {"fast": ["READY"]}, check))
