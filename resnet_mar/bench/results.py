@@ -46,11 +46,8 @@ def _typed(value: Any, hint: Any) -> Any:
         return _typed(value, kind)
     if origin in (list, tuple, dict) and not isinstance(value, dict if origin is dict else list):
         raise ValueError(f"expected {hint}, got {value!r}")
-    if origin is list:
-        return [_typed(item, args[0]) for item in value]
-    if origin is tuple:
-        kinds = [args[0]] * len(value) if args[-1] is Ellipsis else args
-        return tuple(_typed(item, kind) for item, kind in zip(value, kinds, strict=True))
+    if origin in (list, tuple):  # every tuple here is tuple[X, ...]
+        return origin(_typed(item, args[0]) for item in value)
     if origin is dict:
         # JSON keys are strings: an int key (a batch size) comes back from its digits.
         key = int if args[0] is int else args[0]
