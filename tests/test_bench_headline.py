@@ -16,7 +16,6 @@ from resnet_mar.bench.headline import (
     FORMAT_TARGETS,
     busiest_other,
     notes,
-    preprocessing_share,
     share_of_peak,
     thread_scaling,
 )
@@ -261,8 +260,6 @@ def test_the_notes(measured: Results) -> None:
 
 
 def test_the_arithmetic_behind_the_notes() -> None:
-    assert preprocessing_share(2.0, 250.0, 2) == pytest.approx(0.2)
-    assert preprocessing_share(1.93, 131.2, 2) == pytest.approx(1.93 / (1.93 + 15.244), abs=1e-4)
     assert share_of_peak(250.0, 2.0, 400.0) == 1.25
     assert thread_scaling(limit(100.0, one_thread=62.5)) == 0.8
 

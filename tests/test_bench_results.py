@@ -163,22 +163,23 @@ def test_served_setups_in_measuring_order() -> None:
         "ours-openvino",
         "ours-int8",
     ]
-    ours_ts, v2, stock, ours_onnx, ours_openvino, ours_int8 = setups
-    assert stock.config_text == STOCK_CONFIG and stock.worker_environment == {}
-    assert (stock.archive, stock.model_format, stock.together) == ("stock", "torchscript", False)
-    assert ours_ts.worker_environment == WORKER_ENVIRONMENT and ours_ts.config_text is None
+    ours_ts, v2, stock, *_ = setups
+    assert stock.server() == {
+        "config_text": STOCK_CONFIG,
+        "worker_environment": {},
+        "isolated": False,
+    }
+    assert (stock.stock, stock.model_format) == (True, "torchscript")
+    assert ours_ts.server() == {
+        "config_text": None,
+        "worker_environment": WORKER_ENVIRONMENT,
+        "isolated": True,
+    }
     assert [s.jpeg_sizes for s in setups] == [True, False, False, False, False, False]
-    assert [s.all_busy and s.limit_again and s.together for s in setups] == [
-        True,
-        False,
-        False,
-        True,
-        True,
-        True,
-    ]
+    assert [s.all_busy_then_limit for s in setups] == [True, False, False, True, True, True]
     assert all(s.concurrencies is None for s in setups if s is not v2)
-    for setup, fmt in ((ours_onnx, "onnx"), (ours_openvino, "openvino"), (ours_int8, "int8")):
-        assert (setup.model_format, setup.archive) == (fmt, "ours")
+    assert [s.model_format for s in setups[3:]] == ["onnx", "openvino", "int8"]
+    assert not any(s.stock for s in setups if s is not stock)
     requests = ours_ts.requests("resnet18", [b"jpeg"])
     assert [(r.method, r.path) for r in requests] == [("PUT", "/predictions/resnet18")]
 
@@ -187,14 +188,11 @@ def test_the_v2_setup_is_our_torchscript_server_asked_over_open_inference() -> N
     """Same archive, server and environment as ours-torchscript; only the requests differ."""
     ours_ts, v2 = served_setups(["torchscript"])[:2]
     assert v2.label == V2 and v2.concurrencies == (16,)
-    assert (v2.model_format, v2.archive, v2.config_text, v2.together, v2.isolated) == (
+    assert (v2.model_format, v2.stock, v2.server()) == (
         ours_ts.model_format,
-        ours_ts.archive,
-        ours_ts.config_text,
-        ours_ts.together,
-        ours_ts.isolated,
+        ours_ts.stock,
+        ours_ts.server(),
     )
-    assert v2.worker_environment == ours_ts.worker_environment
     (request,) = v2.requests("resnet18", [b"jpeg"])
     assert (request.method, request.path) == ("POST", "/v2/models/resnet18/infer")
 
@@ -209,7 +207,7 @@ def test_the_stock_server_runs_without_the_tuning_the_benchmark_itself_runs_with
     stock = next(s for s in served_setups(["torchscript"]) if s.label == "stock")
     folder = ServerFolder(tmp_path)
     inherited = {"PATH": "/usr/bin", **WORKER_ENVIRONMENT}
-    env = server_environment(inherited, stock.worker_environment, folder)
+    env = server_environment(inherited, stock.server()["worker_environment"], folder)
     assert not set(WORKER_ENVIRONMENT) & set(env)
     assert env["PATH"] == "/usr/bin" and env["TEMP"] == env["TMPDIR"] == str(folder.tmp)
     tuned = server_environment({"PATH": "/usr/bin"}, WORKER_ENVIRONMENT, folder)

@@ -1,5 +1,5 @@
-"""Building and archiving what the setups serve: our archives (``archive.sh``, as ``make
-archive`` packs them) and the stock archives of the same serialized files."""
+"""Building what the setups serve: our archives (``archive.sh``, as ``make archive`` packs them)
+and the stock archives of the same serialized files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnet_mar.bench.progress import progress
+from resnet_mar.bench import progress
 from resnet_mar.bench.setups import UNTRAINED_INT8_GATE
 from resnet_mar.build import BuildRequest, build_model
 from resnet_mar.export import EXPORTERS, JIT_DEPRECATION
@@ -20,20 +20,16 @@ from resnet_mar.weights import UNTRAINED
 
 @dataclass(frozen=True)
 class Workspace:
-    """Where one run keeps its builds, archives and server folders (rewritten every run).
-
-    ``root`` must be absolute: TorchServe runs in its server folder and resolves paths there."""
+    """Where a run keeps its builds, archives and server folders. ``root`` must be absolute:
+    TorchServe resolves paths in its server folder."""
 
     root: Path
 
     def build(self, model_format: str) -> Path:
         return self.root / model_format / "build"
 
-    def store(self, archive: str, model_format: str) -> Path:
-        """The model store of our archives (``archive`` "ours") or the stock ones."""
-        if archive == "stock":
-            return self.root / "stock" / model_format / "model_store"
-        return self.root / model_format / "model_store"
+    def store(self, model_format: str, stock: bool = False) -> Path:
+        return self.root / ("stock" if stock else "") / model_format / "model_store"
 
     def server(self, label: str) -> Path:
         return self.root / "servers" / label
@@ -45,9 +41,8 @@ class Workspace:
 
 
 def build_and_archive(work: Workspace, model_format: str, models: list[str]) -> dict[str, Path]:
-    """Build each model as ``make script`` does (weights none, served alone: all cores; an int8
-    build against :data:`UNTRAINED_INT8_GATE`, the gate untrained networks can pass) and pack
-    our archive with ``archive.sh``; the serialized file of each model is returned."""
+    """Each model built as ``make script`` does (int8 against the gate untrained networks can
+    pass) and packed by ``archive.sh``; returns each model's serialized file."""
     files = {}
     for name in models:
         progress(f"building {name} ({model_format}, untrained weights, served alone)")
@@ -55,7 +50,6 @@ def build_and_archive(work: Workspace, model_format: str, models: list[str]) -> 
             architecture=name,
             weights=UNTRAINED,
             model_format=model_format,
-            # Read by int8 builds only.
             int8_min_agreement=UNTRAINED_INT8_GATE.min_agreement,
             int8_max_error=UNTRAINED_INT8_GATE.max_error,
         )
@@ -63,24 +57,24 @@ def build_and_archive(work: Workspace, model_format: str, models: list[str]) -> 
             warnings.filterwarnings("ignore", message=JIT_DEPRECATION)
             files[name] = build_model(request, work.build(model_format)).model_file
     progress(f"archiving {', '.join(models)} ({model_format}) with archive.sh")
-    build, store = work.build(model_format), work.store("ours", model_format)
+    build, store = work.build(model_format), work.store(model_format)
     run_quietly([str(REPO_ROOT / "archive.sh"), "-b", str(build), "-s", str(store), *models])
     return files
 
 
 def archive_stock(work: Workspace, model_format: str, models: list[str]) -> None:
-    """The stock setup: the same serialized file and label map, TorchServe's own handler,
-    no model-config (so TorchServe's defaults decide workers and batching)."""
-    build, store = work.build(model_format), work.store("stock", model_format)
+    """The same serialized file and label map behind TorchServe's own handler, no model-config
+    (so TorchServe's defaults decide workers and batching)."""
+    build, store = work.build(model_format), work.store(model_format, stock=True)
     store.mkdir(parents=True, exist_ok=True)
     archiver = Path(sys.executable).with_name("torch-model-archiver")
-    suffix = EXPORTERS[model_format][0]
     for name in models:
         progress(f"archiving {name} for the stock setup (--handler image_classifier)")
+        serialized = build / f"{name}{EXPORTERS[model_format][0]}"
         command = [str(archiver), "--model-name", name, "--version", "1.0", "--force"]
-        command += ["--serialized-file", str(build / f"{name}{suffix}")]
-        command += ["--handler", "image_classifier", "--export-path", str(store)]
-        run_quietly([*command, "--extra-files", str(build / name / "index_to_name.json")])
+        command += ["--serialized-file", str(serialized), "--handler", "image_classifier"]
+        command += ["--extra-files", str(build / name / "index_to_name.json")]
+        run_quietly([*command, "--export-path", str(store)])
 
 
 def run_quietly(command: list[str]) -> None:
@@ -88,5 +82,5 @@ def run_quietly(command: list[str]) -> None:
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(
-            f"{' '.join(command)} exited with {done.returncode}:\n{done.stdout}{done.stderr}"
+            f"{' '.join(command)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
         )

@@ -1,5 +1,5 @@
 """``python -m resnet_mar.bench``: one run, in the order its measurements must happen, then its
-outputs (``bench.json``, ``report.md``, ``bench.png``) and the headline on stdout."""
+outputs and the headline on stdout."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
 import resnet_mar.bench
-from resnet_mar.bench import headline
+from resnet_mar.bench import elapsed_s, headline, progress
 from resnet_mar.bench.archives import Workspace, archive_stock, build_and_archive
 from resnet_mar.bench.limit import (
     at_best_batch,
@@ -26,7 +24,6 @@ from resnet_mar.bench.limit import (
 )
 from resnet_mar.bench.machine import load_average, machine, versions
 from resnet_mar.bench.plot import plot
-from resnet_mar.bench.progress import elapsed_s, progress
 from resnet_mar.bench.report import render, summary
 from resnet_mar.bench.results import ModelResults, Results, Settings
 from resnet_mar.bench.served import Clients
@@ -41,94 +38,58 @@ from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
 MODELS = ("resnet18", "resnet50")
 CONCURRENCIES = (1, 4, 16, 64)
-#: Served besides TorchScript by default: every format the toolkit serves on any CPU (aoti's
-#: kernels are compiled for the build machine, and take minutes to build).
+#: Every format served on any CPU besides TorchScript (aoti compiles for the build machine).
 FORMATS = ("onnx", "openvino", "int8")
 
 
 def run(args: argparse.Namespace) -> Results:
-    """Every build, each model's GFLOP, the machine's FP32 peak and every in-process limit
-    first, while no server runs (the peak right before the limits it is the yardstick of); then
-    each served setup in :func:`served_setups`' order, a format's limit measured again right
-    after the setups that ask for it (the machine's speed drifts meanwhile)."""
+    """Every build, GFLOP, preprocessing cost, the FP32 peak and every limit first, while no
+    server runs (the peak right before the limits it is the yardstick of); then each served
+    setup in order, a format's limit measured again right after it (the machine's speed drifts)."""
     started, load_start = time.strftime("%Y-%m-%d %H:%M:%S %Z"), load_average()
     formats = ["torchscript"] + [f for f in args.formats if f in EXPORTERS and f != "torchscript"]
     progress(f"load average {load_start}; formats: {', '.join(formats)}")
-    setups = served_setups(formats)
-    work = Workspace(args.work.resolve())
+    setups, work = served_setups(formats), Workspace(args.work.resolve())
     work.clean()
-    payloads, sizes = photo_payloads(), size_test_payloads()
+    payloads = photo_payloads()
     photos = preprocessed_photos(payloads)
     files = {fmt: build_and_archive(work, fmt, args.models) for fmt in formats}
     for setup in setups:
-        if setup.archive == "stock":
+        if setup.stock:
             archive_stock(work, setup.model_format, args.models)
-    gflop = {name: gflop_per_image(name, photos[0]) for name in args.models}
-    progress(f"GFLOP per image: {gflop}")
+    models = {}
+    for name in args.models:
+        config = work.build("torchscript") / name / "model-config.yaml"
+        model = models[name] = ModelResults(gflop_per_image(name, photos[0]))
+        model.preprocessing_ms = preprocessing_cost(config, payloads)
+        progress(
+            f"{name}: {model.gflop_per_image} GFLOP per image; exact preprocessing costs "
+            f"{model.preprocessing_ms:.2f} ms of CPU per photo"
+        )
     peak = fp32_matmul_peak()
     progress(f"FP32 matmul peak: {peak.gflop_per_s:.1f} GFLOP/s on {peak.threads} threads")
-    results = Results(
-        started=started,
-        machine=machine(),
-        versions=versions(),
-        load_start=load_start,
-        settings=Settings(
-            tuple(formats),
-            tuple(args.concurrency),
-            args.duration,
-            args.warmup,
-            UNTRAINED_INT8_GATE if "int8" in formats else None,
-        ),
-        fp32_peak=peak,
-        models={name: ModelResults(gflop[name]) for name in args.models},
+    int8_gate = UNTRAINED_INT8_GATE if "int8" in formats else None
+    settings = Settings(
+        tuple(formats), tuple(args.concurrency), args.duration, args.warmup, int8_gate
     )
+    results = Results(started, machine(), versions(), load_start, settings, peak, models)
     for fmt in formats:
-        measure_limits(results, fmt, files[fmt], work, payloads, photos)
-    clients = Clients(work, payloads, sizes, results.settings)
+        for name, path in files[fmt].items():
+            progress(f"{name}: in-process limit of {path.name}")
+            models[name].in_process[fmt] = in_process_limit(path, fmt, photos)
+    clients = Clients(work, payloads, size_test_payloads(), settings)
     for setup in setups:
-        served, all_busy = clients.measure(setup, args.models)
-        for name, model in served.items():
-            results.models[name].served[setup.label] = model
-        if all_busy:
-            results.all_busy[setup.label] = all_busy
-        if setup.limit_again:
-            measure_limits_again(results, setup.model_format, files[setup.model_format], photos)
+        clients.measure(setup, results)
+        fmt = setup.model_format
+        for name, path in files[fmt].items() if setup.all_busy_then_limit else ():
+            first = models[name].in_process[fmt]
+            again = at_best_batch(path, fmt, photos, first.best_batch, first.best_layout)
+            models[name].in_process[fmt] = replace(first, limit_after_img_per_s=again)
+            progress(f"{name}: in-process limit of {path.name} again: {again:.1f} img/s")
     results.load_end = load_average()
     results.wall_time_s = round(elapsed_s(), 1)
     results.headline = headline.rows(results)
     return results
-
-
-def measure_limits(
-    results: Results,
-    fmt: str,
-    files: dict[str, Path],
-    work: Workspace,
-    payloads: list[bytes],
-    photos: torch.Tensor,
-) -> None:
-    """Each model's in-process limit in ``fmt`` (``files``: its serialized file); and the
-    preprocessing cost (once, with TorchScript's model-config)."""
-    for name, path in files.items():
-        model = results.models[name]
-        if fmt == "torchscript":
-            config = work.build(fmt) / name / "model-config.yaml"
-            cost = model.preprocessing_ms = preprocessing_cost(config, payloads)
-            progress(f"{name}: exact preprocessing costs {cost:.2f} ms of CPU per photo")
-        progress(f"{name}: in-process limit of {path.name}")
-        model.in_process[fmt] = in_process_limit(path, fmt, photos)
-
-
-def measure_limits_again(
-    results: Results, fmt: str, files: dict[str, Path], photos: torch.Tensor
-) -> None:
-    """Each model's limit in ``fmt`` again, at its best batch and layout, into its results."""
-    for name, path in files.items():
-        model = results.models[name]
-        first = model.in_process[fmt]
-        again = at_best_batch(path, fmt, photos, first.best_batch, first.best_layout)
-        model.in_process[fmt] = replace(first, limit_after_img_per_s=again)
-        progress(f"{name}: in-process limit of {path.name} again: {again:.1f} img/s")
 
 
 def write_outputs(results: Results, out: Path) -> None:
@@ -145,19 +106,13 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     root.add_argument("--out", type=Path, default=Path("results/bench"))
-    root.add_argument(
-        "--work",
-        type=Path,
-        default=Path("build/bench"),
-        help="builds, archives and server logs of the run (rewritten)",
-    )
+    root.add_argument("--work", type=Path, default=Path("build/bench"), help="rewritten")
     root.add_argument("--models", nargs="+", default=list(MODELS))
     root.add_argument(
         "--formats",
         nargs="*",
         default=list(FORMATS),
-        help="formats served besides torchscript (skipped when the toolkit does not export "
-        "them); none: torchscript alone",
+        help="besides torchscript (skipped when not exported); none: torchscript alone",
     )
     root.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCIES))
     root.add_argument("--duration", type=float, default=10.0, help="seconds per point")
@@ -169,10 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     lacking = {k: v for k, v in WORKER_ENVIRONMENT.items() if os.environ.get(k) != v}
     if lacking:
-        # The in-process limits must run as the workers run: without GOMP_SPINCOUNT, torch's
-        # idle OpenMP threads spin for milliseconds, and under other load the TorchScript limit
-        # collapses and recovers when measured again, which would make every ratio against it
-        # pass. OpenMP reads it when torch loads: start again with it.
+        # The limits must run as the workers run: without GOMP_SPINCOUNT, idle OpenMP threads
+        # spin, and under other load the TorchScript limit collapses (every ratio against it
+        # would pass). OpenMP reads it when torch loads: start again with it.
         command = [sys.executable, "-m", "resnet_mar.bench", *arguments]
         os.execve(sys.executable, command, {**os.environ, **lacking})
     args = parser().parse_args(arguments)

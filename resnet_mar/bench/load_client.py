@@ -1,35 +1,17 @@
-"""A small closed-loop HTTP load generator: ``PUT /predictions/<model>`` with JPEG bytes by default,
-any request a served protocol needs otherwise (:class:`HttpRequest`; :func:`jpeg_v2_infer` is the
-Open Inference Protocol's).
+"""A closed-loop HTTP/1.1 load generator: one asyncio loop, one raw keep-alive connection per
+client, so that it takes as little as it can of the cores it shares with the server it measures
+(``requests`` in threads, or locust, would take far more).
 
-Why not ``requests`` in threads, or locust: the client shares the machine's two cores with the
-server it measures, so every cycle it spends is taken from the server. This one is one asyncio
-loop with raw HTTP/1.1 keep-alive connections, one coroutine per concurrent client: per request
-it writes one header block and the body, and reads one response, nothing else.
-
-Closed loop: each client sends its next request as soon as the previous answer arrived, so
-``concurrency`` requests are always in flight and throughput is what the server sustains.
-
-One point runs in three phases:
-
-* warm-up: at least ``warmup_s``, and until every client has had one answer (a closed loop with
-  ``c`` clients only reaches its steady queue length after the first round trip), at most
-  ``max_warmup_s``;
-* the window (``duration_s``): throughput and latency percentiles count the answers that
-  arrive inside it;
-* drain: clients stop sending and wait for their last answer, so the next point starts on an
-  idle server.
-
-Errors count over all three phases: any status other than 200, a dropped connection, or no
-answer within ``timeout_s``. A response framed by ``Content-Length`` or by chunks keeps its
-connection; one with ``Connection: close`` is read to its end and the client reconnects.
+Each client sends its next request as soon as its last answer arrived. A point warms up (at
+least ``warmup_s``, until every client has had an answer, at most ``max_warmup_s``), counts the
+good answers that arrive inside its window (``duration_s``), then lets the clients finish. Errors
+count in every phase: a status other than 200, a dropped connection, no answer in ``timeout_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import itertools
 import json
 import math
@@ -43,8 +25,7 @@ from urllib.parse import urlsplit
 
 @dataclass(frozen=True)
 class HttpRequest:
-    """One request as a served protocol shapes it. The client adds ``Host``, ``Content-Length``
-    and keep-alive, so that a protocol variant (another path, a JSON body) is only data."""
+    """One request as a protocol shapes it; the client adds Host, Content-Length, keep-alive."""
 
     method: str
     path: str
@@ -52,51 +33,34 @@ class HttpRequest:
     headers: tuple[tuple[str, str], ...] = ()
 
     def encode(self, host: str, port: int) -> bytes:
-        """The bytes on the wire, built once per point (not per request: the client's CPU is
-        taken from the server it measures)."""
-        lines = [
-            f"{self.method} {self.path} HTTP/1.1",
-            f"Host: {host}:{port}",
-            *(f"{name}: {value}" for name, value in self.headers),
-            f"Content-Length: {len(self.body)}",
-            "Connection: keep-alive",
-        ]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + self.body
+        lines = [f"{self.method} {self.path} HTTP/1.1", f"Host: {host}:{port}"]
+        lines += [f"{name}: {value}" for name, value in self.headers]
+        lines += [f"Content-Length: {len(self.body)}", "Connection: keep-alive", "", ""]
+        return "\r\n".join(lines).encode("ascii") + self.body
 
 
 def jpeg_predictions(model: str, photos: Sequence[bytes]) -> list[HttpRequest]:
-    """TorchServe's own inference API: the raw JPEG bytes as the body of
-    ``PUT /predictions/<model>``, one request per photo."""
+    """TorchServe's inference API: ``PUT /predictions/<model>``, the JPEG as the body."""
     headers = (("Content-Type", "image/jpeg"),)
     return [HttpRequest("PUT", f"/predictions/{model}", photo, headers) for photo in photos]
 
 
 def jpeg_v2_infer(model: str, photos: Sequence[bytes]) -> list[HttpRequest]:
-    """The Open Inference Protocol (KServe v2) over REST, as ``tritonclient`` and KServe's SDK
-    send an image: ``POST /v2/models/<model>/infer`` with a JSON body whose one BYTES input of
-    shape [1] holds the base64 of the JPEG, one request per photo. The JSON is built here, once
-    per point, so that the client spends nothing per request on it."""
-    headers = (("Content-Type", "application/json"),)
-    return [
-        HttpRequest("POST", f"/v2/models/{model}/infer", _v2_body(photo), headers)
-        for photo in photos
-    ]
-
-
-def _v2_body(photo: bytes) -> bytes:
-    image = {
-        "name": "image",
-        "datatype": "BYTES",
-        "shape": [1],
-        "data": [base64.b64encode(photo).decode("ascii")],
-    }
-    return json.dumps({"inputs": [image]}).encode("ascii")
+    """The Open Inference Protocol as KServe's SDK sends an image: one BYTES input of shape [1]
+    holding the JPEG's base64, as JSON to ``/v2/models/<model>/infer``."""
+    requests = []
+    for photo in photos:
+        data = [base64.b64encode(photo).decode("ascii")]
+        image = {"name": "image", "datatype": "BYTES", "shape": [1], "data": data}
+        body = json.dumps({"inputs": [image]}).encode("ascii")
+        headers = (("Content-Type", "application/json"),)
+        requests.append(HttpRequest("POST", f"/v2/models/{model}/infer", body, headers))
+    return requests
 
 
 @dataclass(frozen=True)
 class Latency:
-    """Milliseconds from sending a request to its whole answer, over a window's good answers
-    (NaN when there were none)."""
+    """Milliseconds from sending a request to its whole answer (NaN: no good answer)."""
 
     p50: float
     p90: float
@@ -105,15 +69,20 @@ class Latency:
 
     @classmethod
     def of(cls, sorted_ms: Sequence[float]) -> Latency:
-        """Nearest-rank percentiles (an observed latency, never an interpolated one)."""
-        mean = statistics.fmean(sorted_ms) if sorted_ms else float("nan")
+        mean = statistics.fmean(sorted_ms) if sorted_ms else math.nan
         return cls(*(percentile(sorted_ms, p) for p in (50, 90, 99)), mean)
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """Nearest rank: always an observed value, never an interpolated one (NaN for none)."""
+    if not sorted_values:
+        return math.nan
+    return sorted_values[max(0, math.ceil(pct / 100 * len(sorted_values)) - 1)]
 
 
 @dataclass(frozen=True)
 class LoadPoint:
-    """One measured point: ``concurrency`` closed-loop clients for one window. ``requests``
-    counts the good answers inside the window, ``errors`` the failures of all phases."""
+    """``requests``: the good answers inside the window; ``errors``: failures in every phase."""
 
     concurrency: int
     window_s: float
@@ -126,125 +95,86 @@ class LoadPoint:
     client_cpu_s: float
 
 
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of already sorted values (NaN for none)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), math.ceil(pct / 100 * len(sorted_values))))
-    return sorted_values[rank - 1]
-
-
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """One HTTP/1.1 response: its status and whether the server keeps the connection open.
-    The body is read (and dropped) so that the next response starts where it should."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {
-        name.strip().lower(): value.strip()
-        for name, _, value in (line.partition(":") for line in lines[1:] if line)
-    }
-    keep_alive = headers.get("connection", "").lower() != "close"
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        await _read_chunks(reader)
+    """The status and whether the connection stays open; the body is read past."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+    status_line, *lines = head.split("\r\n")
+    headers = {name.strip(): v.strip() for name, _, v in (line.partition(":") for line in lines)}
+    keep_alive = headers.get("connection") != "close"
+    if headers.get("transfer-encoding") == "chunked":
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailer fields
+            pass
     elif "content-length" in headers:
         await reader.readexactly(int(headers["content-length"]))
     elif not keep_alive:
-        await reader.read()  # the body ends where the server closes the connection
-    return status, keep_alive
-
-
-async def _read_chunks(reader: asyncio.StreamReader) -> None:
-    """A chunked body: each chunk's size line (extensions after ``;`` ignored), its data and
-    CRLF; after the last (size 0), trailer lines up to an empty one."""
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        if size == 0:
-            break
-        await reader.readexactly(size + 2)
-    while await reader.readuntil(b"\r\n") != b"\r\n":
-        pass
+        await reader.read()
+    return int(status_line.split()[1]), keep_alive
 
 
 async def _run_point(
-    url: str,
-    requests: Sequence[HttpRequest],
-    concurrency: int,
-    duration_s: float,
-    warmup_s: float,
-    max_warmup_s: float,
-    timeout_s: float,
+    url: str, requests: Sequence[HttpRequest], concurrency: int, *timing: float
 ) -> LoadPoint:
+    duration_s, warmup_s, max_warmup_s, timeout_s = timing
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     wire = [request.encode(host, port) for request in requests]
     records: list[tuple[float, float, int]] = []  # (end, latency s, status; 0: no answer)
     failures: Counter[str] = Counter()
-    answered_once: set[int] = set()
-    everyone_answered = asyncio.Event()
+    unanswered = set(range(concurrency))
     stop = False
 
     async def client(index: int) -> None:
-        """One closed-loop client on its own keep-alive connection; reconnects after a drop.
-        Clients start at different requests so that a batch holds a mix of them."""
-        order = itertools.islice(itertools.cycle(range(len(wire))), index % len(wire), None)
-        writer: asyncio.StreamWriter | None = None
-        try:
-            for which in order:
-                if stop:
-                    return
-                start = time.perf_counter()
-                try:
-                    if writer is None:
-                        reader, writer = await asyncio.open_connection(host, port)
-                    writer.write(wire[which])
-                    status, keep_alive = await asyncio.wait_for(_read_response(reader), timeout_s)
-                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as err:
-                    failures[type(err).__name__] += 1
-                    status, keep_alive = 0, False
-                end = time.perf_counter()
-                records.append((end, end - start, status))
-                if not keep_alive and writer is not None:
-                    writer.close()
-                    writer = None
-                answered_once.add(index)
-                if len(answered_once) == concurrency:
-                    everyone_answered.set()
-        finally:
-            if writer is not None:
+        # Clients start at different requests, so that a batch holds a mix of them.
+        writer = None
+        for which in itertools.count(index):
+            if stop:
+                break
+            start = time.perf_counter()
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                writer.write(wire[which % len(wire)])
+                status, keep_alive = await asyncio.wait_for(_read_response(reader), timeout_s)
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as err:
+                failures[type(err).__name__] += 1
+                status, keep_alive = 0, False
+            end = time.perf_counter()
+            records.append((end, end - start, status))
+            unanswered.discard(index)
+            if not keep_alive and writer is not None:
                 writer.close()
+                writer = None
+        if writer is not None:
+            writer.close()
 
     began = time.perf_counter()
     tasks = [asyncio.create_task(client(i)) for i in range(concurrency)]
     await asyncio.sleep(warmup_s)
-    remaining = max(0.0, max_warmup_s - (time.perf_counter() - began))
     # Past max_warmup_s the window opens anyway; the recorded warm-up says how long it was.
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(everyone_answered.wait(), remaining)
+    while unanswered and time.perf_counter() - began < max_warmup_s:
+        await asyncio.sleep(0.01)
     window_start, cpu_start = time.perf_counter(), time.process_time()
     await asyncio.sleep(duration_s)
-    window_end, cpu_window = time.perf_counter(), time.process_time() - cpu_start
+    window_end, cpu_s = time.perf_counter(), time.process_time() - cpu_start
     stop = True
     await asyncio.gather(*tasks)
-
-    good = sorted(
-        latency_s * 1000
-        for end, latency_s, status in records
-        if window_start <= end < window_end and status == 200
-    )
-    statuses = [status for _, _, status in records if status != 200]
-    failures.update(f"HTTP {status}" for status in statuses if status)
+    in_window = [(s, status) for end, s, status in records if window_start <= end < window_end]
+    good = sorted(s * 1000 for s, status in in_window if status == 200)
+    bad = [status for *_, status in records if status != 200]
+    failures.update(f"HTTP {status}" for status in bad if status)
     window = window_end - window_start
     return LoadPoint(
-        concurrency=concurrency,
-        window_s=window,
-        warmup_s=window_start - began,
-        requests=len(good),
-        throughput_rps=len(good) / window,
-        latency_ms=Latency.of(good),
-        errors=len(statuses),
-        error_kinds=dict(failures),
-        client_cpu_s=cpu_window,
+        concurrency,
+        window,
+        window_start - began,
+        len(good),
+        len(good) / window,
+        Latency.of(good),
+        len(bad),
+        dict(failures),
+        cpu_s,
     )
 
 
@@ -258,8 +188,7 @@ def run_point(
     max_warmup_s: float = 40.0,
     timeout_s: float = 120.0,
 ) -> LoadPoint:
-    """Measure one point against ``url`` (the inference address), the clients cycling through
-    ``requests``; see the module docstring."""
+    """One point against ``url`` (the inference address), the clients cycling ``requests``."""
     if not requests:
         raise ValueError("run_point needs at least one request")
     timing = (duration_s, warmup_s, max_warmup_s, timeout_s)

@@ -15,35 +15,24 @@ def plot(results: Results, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(results.models)
-    concurrencies = results.settings.concurrencies
-    colours: dict[str, str] = {}
-    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
-    for column, name in enumerate(models):
-        model = results.models[name]
-        top, bottom = axes[0][column], axes[1][column]
+    concurrencies, colours = results.settings.concurrencies, {}
+    columns = len(results.models)
+    fig, axes = plt.subplots(2, columns, figsize=(6 * columns, 8), squeeze=False)
+    for (top, bottom), (name, model) in zip(axes.T, results.models.items(), strict=True):
         for label, served in model.served.items():
             colour = colours.setdefault(label, f"C{len(colours)}")
             xs = [p.load.concurrency for p in served.points]
-            throughput = [p.load.throughput_rps for p in served.points]
+            rps = [p.load.throughput_rps for p in served.points]
             p99 = [p.load.latency_ms.p99 for p in served.points]
-            top.plot(xs, throughput, "o-", color=colour, label=label)
+            top.plot(xs, rps, "o-", color=colour, label=label)
             bottom.plot(xs, p99, "o-", color=colour, label=label)
         for fmt, limit in model.in_process.items():
-            top.axhline(
-                limit.limit_img_per_s,
-                linestyle="--",
-                color=colours.get(ours(fmt), "gray"),
-                label=f"in-process limit ({fmt})",
-            )
+            colour = colours.get(ours(fmt), "gray")
+            label = f"in-process limit ({fmt})"
+            top.axhline(limit.limit_img_per_s, linestyle="--", color=colour, label=label)
         top.set(title=f"{name}: throughput", ylabel="req/s", xscale="log", ylim=(0, None))
-        bottom.set(
-            title=f"{name}: p99 latency",
-            ylabel="ms",
-            xlabel="concurrent clients (closed loop)",
-            xscale="log",
-            yscale="log",
-        )
+        bottom.set(title=f"{name}: p99 latency", ylabel="ms", xscale="log", yscale="log")
+        bottom.set_xlabel("concurrent clients (closed loop)")
         for ax in (top, bottom):
             ax.set_xticks(concurrencies, [str(c) for c in concurrencies])
             ax.grid(True, alpha=0.3)

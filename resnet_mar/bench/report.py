@@ -1,15 +1,11 @@
-"""What a run reports, rendered from :class:`Results` alone: ``report.md`` (:func:`render`) and
-the lines printed at the end of the run (:func:`summary`).
-
-``report.md`` is :data:`REPORT` filled in: its prose reads here as it renders, its tables are
-built from the typed results by :func:`markdown_table`.
-"""
+"""What a run reports, from :class:`Results` alone: ``report.md`` (:func:`render`, the template
+``report.md`` beside this module filled in) and the lines printed at the end of the run."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import asdict
+from pathlib import Path
 
 from resnet_mar.bench import headline
 from resnet_mar.bench.headline import NOT_MEASURED, shown
@@ -18,117 +14,18 @@ from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, JPEG_QUALITY, PHOTOS, 
 from resnet_mar.quantization import MAX_TOP1_PROBABILITY_ERROR, MIN_TOP1_AGREEMENT
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
-
-def unwrapped(template: str) -> str:
-    """``template`` with each line break inside a paragraph turned into a space: the source
-    wraps the prose at 100 columns, the report keeps a paragraph on one line."""
-    return re.sub(r"(?<=\S)\n(?=\S)", " ", template.lstrip("\n"))
-
-
-REPORT = unwrapped("""
-# Benchmark: served ResNets against the in-process limit and the stock setup
-
-Run of {results.started}, {results.wall_time_s:.0f} s wall time. Load average (1, 5, 15 min) at
-start {results.load_start}, at end {results.load_end}. Other work on this machine shares its cores
-and lowers every figure: the tables give, for each measurement, the cores other processes used
-meanwhile (machine CPU time minus this benchmark's and its server's); the most was {busiest:.2f}
-cores.
-
-## Machine and versions
-
-{machine_table}
-
-Load: closed-loop clients ({concurrencies}), each point {settings.duration_s:.0f} s after a
-warm-up of at least {settings.warmup_s:.0f} s (and until every client had one answer); JPEG photos
-({photos}; PNGs re-encoded at quality {jpeg_quality}); untrained weights. Our setups serve all the
-models from one server, as `make serve` does (each model measured while the others idle, then all
-loaded at once); the stock setup serves each model alone. One server at a time.{int8_gate}
-
-## Headline
-
-{headline_table}
-
-{notes}
-
-## In-process limit (the served file, all cores, inference only)
-
-{batch_table}
-
-The limit of a file is its best figure above; its batch-1 latency, the best layout's.
-
-{limit_table}
-
-The limit is measured again at its best batch and layout right after that format's served
-measurements; the gap between the two shows how far this machine's speed moved meanwhile (the
-cores are shared with other tenants of the host, unseen from inside).
-
-Exact preprocessing (decode, resize, crop, normalise, as served), CPU per photo: {preprocessing}.
-The limit leaves it out, but a server spends it on the same cores, so even a server with no cost
-of its own could reach at most 1 / (1 / limit + preprocessing / cores) images per second; the
-printed notes give that figure and served / it.
-
-## Arithmetic: each limit against the FP32 peak and against one thread
-
-FP32 matmul peak of this machine: {peak.gflop_per_s:.1f} GFLOP/s ({peak.size} x {peak.size}
-float32 `torch.mm` on {peak.threads} threads, the best of {peak.calls} calls after a warm-up,
-measured right before the limits; other load {peak.other.other_cores:.2f} cores).
-
-{arithmetic_table}
-
-GFLOP per image: `torch.utils.flop_counter` on torchvision's eager model for one crop, a
-multiply-add counting 2 (convolutions and classifier; the same for every format). A limit's share
-of the peak is its images per second x GFLOP per image / the peak: how much of the cores' FP32
-arithmetic the runtime turns into images. int8 arithmetic is not bounded by the FP32 peak (int8
-instructions, VNNI or AMX, do several times more operations per cycle), so its share can exceed 1.
-
-One thread: the same file loaded on one thread, at the limit's batch and layout. Thread scaling =
-limit / (threads x one thread): 1 when every thread adds a whole core's worth of images. The
-further below 1, the more a machine with more cores would gain from several workers with fewer
-threads each over one worker with all of them (README, "Scaling").
-
-## Served
-
-{served_table}
-
-Setups: `ours-<format>` = our handler and model-config.yaml with the project's config.properties
-and the workers' environment `make serve` sets ({environment}); `stock` = the same .pt with
-`--handler image_classifier`, no model-config, TorchServe's default config and environment
-(default_workers_per_model = cores, batch 1).
-
-## Open Inference Protocol (v2) against /predictions ({c} clients)
-
-{v2_table}
-
-`{v2}` = our TorchScript archive in the same server settings as `ours-torchscript` (both models in
-one server), asked with one photo per request as the Open Inference Protocol carries it: the JPEG's
-base64 in a JSON body (4/3 of its bytes), which the worker parses and base64-decodes before
-decoding and classifying it as any other photo; {c} clients only, measured right after
-`ours-torchscript`.
-
-## All models busy at once (one server, as `make serve` runs them)
-
-{all_busy_table}
-
-Shares add up to about 1 when the models split the machine without loss (the handler's compute
-gate makes their batches take turns, each with all cores); threads of two models running side by
-side would oversubscribe the cores and add up to far less.
-
-## Large JPEG (our handler, concurrency 1)
-
-{jpeg_table}
-
-p50 ratio 12 MP / 0.3 MP: {jpeg_ratios}.
-
-![throughput and p99 against concurrency](bench.png)
-""")
-
+#: ``report.md`` as it reads, its paragraphs on one line each: its figures and tables are
+#: filled in by :func:`render`.
+REPORT = (Path(__file__).parent / "report.md").read_text()
 #: The paragraph on the int8 builds' gate, after the load's when the run built int8 models.
-INT8_GATE = unwrapped("""
-The int8 models are built with a relaxed quality gate: top-1 agreement with FP32 >=
-{gate.min_agreement} and top-1 probability error <= {gate.max_error} on the held-aside photos,
-instead of the defaults for trained weights ({agreement} and {error}), which untrained networks
-miss: random weights exaggerate quantization error (docs/benchmark/int8.md). The gate checks
-answers, not speed: a trained model's int8 file has the same graph.""")
+INT8_GATE = (
+    "The int8 models are built with a relaxed quality gate: top-1 agreement with FP32 >= "
+    "{gate.min_agreement} and top-1 probability error <= {gate.max_error} on the held-aside "
+    "photos, instead of the defaults for trained weights ({agreement} and {error}), which "
+    "untrained networks miss: random weights exaggerate quantization error "
+    "(docs/benchmark/int8.md). The gate checks answers, not speed: a trained model's int8 file "
+    "has the same graph."
+)
 
 
 def markdown_table(header: str, rows: Iterable[str]) -> str:

@@ -1,11 +1,8 @@
-"""Every figure one benchmark run measures, as dataclasses; ``bench.json`` is
-:func:`dataclasses.asdict` of :class:`Results`, read back by :func:`from_dict`.
-
-The report, the plot and the headline read these types, never a parsed dict, and
-:func:`from_dict` checks every key and value against the annotations: a renamed or missing
-figure fails where the file is read, not halfway through a report. Measured values are rounded
-once, when a measurement becomes a result (:func:`stored`): a report rendered during the run and
-one rendered later from its ``bench.json`` are the same.
+"""Every figure a run measures, as dataclasses: ``bench.json`` is :func:`dataclasses.asdict` of
+:class:`Results`, read back by :func:`from_dict`, which checks every key and value against the
+annotations (a renamed or missing figure fails where the file is read, not halfway through a
+report). Values are rounded once, by :func:`stored`: a report rendered during the run and one
+rendered from its ``bench.json`` are the same.
 """
 
 from __future__ import annotations
@@ -23,9 +20,8 @@ T = TypeVar("T")
 
 
 def from_dict(cls: type[T], data: Any) -> T:
-    """The dataclass ``cls`` from parsed JSON, every value converted by its field's annotation
-    (nested dataclasses, ``list``, ``tuple``, ``dict``, ``X | None``, plain types). Keys must
-    be exactly the fields: a file that is not this version's fails here, whole, saying where."""
+    """``cls`` from parsed JSON whose keys are exactly its fields, each value typed by its
+    annotation: a file that is not this version's fails here, whole, saying where."""
     names = [item.name for item in dataclasses.fields(cls)]
     if not isinstance(data, dict) or set(data) != set(names):
         found = sorted(data) if isinstance(data, dict) else repr(data)
@@ -50,11 +46,8 @@ def _typed(value: Any, hint: Any) -> Any:
         return _typed(value, kind)
     if origin in (list, tuple, dict) and not isinstance(value, dict if origin is dict else list):
         raise ValueError(f"expected {hint}, got {value!r}")
-    if origin is list:
-        return [_typed(item, args[0]) for item in value]
-    if origin is tuple:
-        kinds = [args[0]] * len(value) if args[-1] is Ellipsis else args
-        return tuple(_typed(item, kind) for item, kind in zip(value, kinds, strict=True))
+    if origin in (list, tuple):  # every tuple here is tuple[X, ...]
+        return origin(_typed(item, args[0]) for item in value)
     if origin is dict:
         # JSON keys are strings: an int key (a batch size) comes back from its digits.
         key = int if args[0] is int else args[0]
@@ -66,15 +59,14 @@ def _typed(value: Any, hint: Any) -> Any:
 
 @dataclass(frozen=True)
 class OtherLoad:
-    """Cores other processes used during a measurement, and cores the hypervisor gave elsewhere
-    (steal): a figure measured while either is well above zero is lower than this machine's."""
+    """Cores other processes used, and steal: a figure measured while either is well above zero
+    is lower than this machine's."""
 
     other_cores: float
     steal_cores: float
 
 
 def stored(point: LoadPoint) -> LoadPoint:
-    """A load point with the precision ``bench.json`` keeps."""
     lat = point.latency_ms
     return replace(
         point,
@@ -94,8 +86,6 @@ class ServedPoint:
 
 @dataclass(frozen=True)
 class JpegPoint:
-    """One photo size sent alone at concurrency 1."""
-
     pixels: str
     bytes: int
     load: LoadPoint
@@ -103,8 +93,6 @@ class JpegPoint:
 
 @dataclass(frozen=True)
 class JpegSizes:
-    """What a 12-megapixel JPEG costs against a 0.3-megapixel one, end to end."""
-
     small: JpegPoint
     large: JpegPoint
     p50_ratio_large_over_small: float
@@ -112,8 +100,6 @@ class JpegSizes:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One model under one served setup: the concurrency sweep, and the JPEG sizes if timed."""
-
     startup_s: float
     points: tuple[ServedPoint, ...]
     jpeg_size: JpegSizes | None = None
@@ -124,8 +110,7 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class BusyModel:
-    """One model while every model of its server is loaded; its share is its throughput now
-    over its throughput alone at the same concurrency."""
+    """Its share: its throughput now over its throughput alone at the same concurrency."""
 
     load: LoadPoint
     share_of_alone: float
@@ -133,8 +118,6 @@ class BusyModel:
 
 @dataclass(frozen=True)
 class AllBusy:
-    """Every model of one server loaded at once, each by its own clients."""
-
     concurrency_per_model: int
     models: dict[str, BusyModel]
     other: OtherLoad
@@ -143,11 +126,9 @@ class AllBusy:
 
 @dataclass(frozen=True)
 class InProcessLimit:
-    """The served file in this process on all cores, inference only: images per second at each
-    input layout and batch size, the best of them (the limit), the median batch-1 latency, and
-    the same file on one thread at the limit's batch and layout (how the limit scales with
-    cores). ``limit_after_img_per_s`` is the limit measured again after the served measurements
-    (None until then)."""
+    """The served file in this process, inference only: img/s at each layout and batch on all
+    cores, the best of them (the limit), and on one thread at the limit's batch and layout.
+    ``limit_after_img_per_s``: the limit measured again after serving (None until then)."""
 
     file: str
     threads: int
@@ -164,9 +145,8 @@ class InProcessLimit:
 
 @dataclass
 class ModelResults:
-    """Everything measured for one model: the arithmetic one image asks of it (GFLOP, the same
-    in every format), its limit per format, each served setup (by label) and the CPU its exact
-    preprocessing costs per photo (None until measured)."""
+    """Its limit per format, each served setup by label, and the CPU exact preprocessing costs
+    per photo (None until measured)."""
 
     gflop_per_image: float
     in_process: dict[str, InProcessLimit] = field(default_factory=dict)
@@ -180,9 +160,7 @@ class ModelResults:
 
 @dataclass(frozen=True)
 class MatmulPeak:
-    """GFLOP/s of a ``size`` x ``size`` float32 matrix product on ``threads`` threads, the best
-    of ``calls`` calls: an in-process limit times its model's GFLOP per image, over this, is the
-    share of the hardware's FP32 arithmetic the file uses."""
+    """The best of ``calls`` float32 ``size`` x ``size`` matrix products on ``threads`` threads."""
 
     gflop_per_s: float
     size: int
@@ -201,16 +179,13 @@ class Machine:
 
 @dataclass(frozen=True)
 class Int8Gate:
-    """The quality gate an int8 build passed (``BuildRequest.int8_min_agreement`` and
-    ``int8_max_error``)."""
-
     min_agreement: float
     max_error: float
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What the run was asked to measure; ``int8_gate`` None: it built no int8 model."""
+    """``int8_gate`` None: the run built no int8 model."""
 
     formats: tuple[str, ...]
     concurrencies: tuple[int, ...]
@@ -221,8 +196,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class HeadlineRow:
-    """One target checked on one model (and format); ``value`` is None when the run did not
-    measure what the target needs, and the row fails."""
+    """``value`` None: the run did not measure what the target needs, and the row fails."""
 
     check: str
     model: str
@@ -233,9 +207,8 @@ class HeadlineRow:
 
 @dataclass
 class Results:
-    """One run, filled as it goes (``load_end``, ``wall_time_s`` and ``headline`` at its end).
-    The stored headline is for readers of ``bench.json``; the report checks the targets again
-    from the figures, so an edited verdict in a file cannot pass a figure."""
+    """One run, filled as it goes. The stored headline is for readers of ``bench.json``; the
+    report checks the targets again, so an edited verdict in a file cannot pass a figure."""
 
     started: str
     machine: Machine
@@ -250,14 +223,10 @@ class Results:
     headline: list[HeadlineRow] = field(default_factory=list)
 
     def limits(self) -> Iterator[tuple[str, str, ModelResults, InProcessLimit]]:
-        """Every in-process limit, model by model, with its model's name, format and results."""
         for name, model in self.models.items():
-            for fmt, limit in model.in_process.items():
-                yield name, fmt, model, limit
+            yield from ((name, fmt, model, limit) for fmt, limit in model.in_process.items())
 
     def points(self) -> Iterator[tuple[str, str, ServedPoint]]:
-        """Every served point, model by model, with its model's name and its setup's label."""
         for name, model in self.models.items():
             for label, served in model.served.items():
-                for point in served.points:
-                    yield name, label, point
+                yield from ((name, label, point) for point in served.points)
