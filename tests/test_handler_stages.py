@@ -214,10 +214,10 @@ def test_an_unexpected_error_in_one_request_is_its_own_400(
     elif stage == "decode_images":
         real_decode = resnet_handler.decode_image
 
-        def decode(data, settings):
+        def decode(data, settings, budget=None):
             if data == poisoned:
                 raise RuntimeError("a bug reached by this request's data")
-            return real_decode(data, settings)
+            return real_decode(data, settings, budget)
 
         monkeypatch.setattr(resnet_handler, "decode_image", decode)
     else:
