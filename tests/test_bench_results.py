@@ -22,7 +22,6 @@ from resnet_mar.bench.results import (
     ServedModel,
     ServedPoint,
     from_dict,
-    stored,
 )
 from resnet_mar.bench.setups import STOCK_CONFIG, V2, served_setups
 from resnet_mar.server_doors import ServerFolder
@@ -31,17 +30,18 @@ from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 from tests.bench_runs import model, run
 
 
-def raw_point(concurrency: int = 16) -> LoadPoint:
+def measured(concurrency: int = 16) -> LoadPoint:
+    """A point as the load client returns it: to the precision bench.json keeps."""
     return LoadPoint(
         concurrency=concurrency,
-        window_s=10.00049,
-        warmup_s=2.34567,
+        window_s=10.0,
+        warmup_s=2.346,
         requests=963,
-        throughput_rps=96.29517,
-        latency_ms=Latency(163.2049, 178.0051, 232.4449, 165.9999),
+        throughput_rps=96.295,
+        latency_ms=Latency(163.2, 178.01, 232.44, 166.0),
         errors=0,
         error_kinds={},
-        client_cpu_s=0.123456,
+        client_cpu_s=0.123,
     )
 
 
@@ -50,30 +50,18 @@ def through_json(value: Any) -> Any:
     return from_dict(type(value), json.loads(json.dumps(asdict(value))))
 
 
-def test_stored_keeps_the_precision_of_bench_json() -> None:
-    point = stored(raw_point())
-    assert (point.window_s, point.warmup_s, point.throughput_rps, point.client_cpu_s) == (
-        10.0,
-        2.346,
-        96.295,
-        0.123,
-    )
-    assert point.latency_ms == Latency(163.2, 178.01, 232.44, 166.0)
-    assert point.requests == 963
-
-
 def test_a_point_reads_back_as_written_even_without_answers() -> None:
-    empty = stored(LoadPoint(1, 5.0, 1.0, 0, 0.0, Latency.of([]), 3, {"HTTP 503": 3}, 0.01))
+    empty = LoadPoint(1, 5.0, 1.0, 0, 0.0, Latency.of([]), 3, {"HTTP 503": 3}, 0.01)
     again = through_json(empty)
     assert again.error_kinds == {"HTTP 503": 3} and again.requests == 0
     assert math.isnan(again.latency_ms.p50)  # bench.json writes NaN for none
 
 
 def test_served_model_round_trip_and_lookup() -> None:
-    point = ServedPoint(stored(raw_point()), OtherLoad(0.01, 0.0))
+    point = ServedPoint(measured(), OtherLoad(0.01, 0.0))
     sizes = JpegSizes(
-        JpegPoint("640x480", 82417, stored(raw_point(1))),
-        JpegPoint("4000x3000", 1136384, stored(raw_point(1))),
+        JpegPoint("640x480", 82417, measured(1)),
+        JpegPoint("4000x3000", 1136384, measured(1)),
         5.32,
     )
     model_results = ServedModel(21.5, (point,), sizes)

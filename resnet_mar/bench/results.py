@@ -1,8 +1,8 @@
 """Every figure a run measures, as dataclasses: ``bench.json`` is :func:`dataclasses.asdict` of
 :class:`Results`, read back by :func:`from_dict`, which checks every key and value against the
 annotations (a renamed or missing figure fails where the file is read, not halfway through a
-report). Values are rounded once, by :func:`stored`: a report rendered during the run and one
-rendered from its ``bench.json`` are the same.
+report). Figures are rounded where they are measured, to what ``bench.json`` keeps: a report
+rendered during the run and one rendered from its ``bench.json`` are the same.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import dataclasses
 import types
 import typing
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from resnet_mar.bench.load_client import Latency, LoadPoint
+from resnet_mar.bench.load_client import LoadPoint
 
 T = TypeVar("T")
 
@@ -64,18 +64,6 @@ class OtherLoad:
 
     other_cores: float
     steal_cores: float
-
-
-def stored(point: LoadPoint) -> LoadPoint:
-    lat = point.latency_ms
-    return replace(
-        point,
-        window_s=round(point.window_s, 3),
-        warmup_s=round(point.warmup_s, 3),
-        throughput_rps=round(point.throughput_rps, 3),
-        latency_ms=Latency(*(round(v, 2) for v in (lat.p50, lat.p90, lat.p99, lat.mean))),
-        client_cpu_s=round(point.client_cpu_s, 3),
-    )
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class Clients:
         point = self.load(server, setup, name, c)
         others = other_load(before, cpu_counters(server.group_pids()))
         progress(f"{name} [{setup.label}] {describe(point)}  other load {others.other_cores}")
-        return results.ServedPoint(results.stored(point), others)
+        return results.ServedPoint(point, others)
 
     def all_busy(
         self, server: RunningServer, setup: ServedSetup, run: results.Results, names: list[str]
@@ -75,7 +75,7 @@ class Clients:
         for name, point in zip(names, points, strict=True):
             alone = run.models[name].point(setup.label, c)
             share = point.throughput_rps / alone.load.throughput_rps if alone else 0.0
-            models[name] = results.BusyModel(results.stored(point), round(share, 3))
+            models[name] = results.BusyModel(point, round(share, 3))
             progress(f"{name} [{setup.label}, all busy] {describe(point)}  share {share:.2f}")
         shares = round(sum(m.share_of_alone for m in models.values()), 3)
         return results.AllBusy(c, models, others, shares)
@@ -86,7 +86,7 @@ class Clients:
         for which, jpeg in self.sizes.items():
             requests = setup.requests(name, [jpeg.data])
             point = run_point(server.endpoints.inference, requests, 1, duration_s=5.0, warmup_s=1.0)
-            found[which] = results.JpegPoint(jpeg.pixels, len(jpeg.data), results.stored(point))
+            found[which] = results.JpegPoint(jpeg.pixels, len(jpeg.data), point)
             progress(f"{name} {which} JPEG {jpeg.pixels}: {describe(point)}")
         ratio = found["large"].load.latency_ms.p50 / found["small"].load.latency_ms.p50
         return results.JpegSizes(found["small"], found["large"], round(ratio, 2))
