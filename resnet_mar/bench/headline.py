@@ -1,5 +1,5 @@
 """The headline: the project's targets as data, checked on every model of a run, and the notes
-under it (figures without a target that explain it).
+under it (figures without a target that explain it; their text is ``notes.md``, beside this).
 
 Each (model, format) a target applies to gives one row. A figure the run did not measure fails
 its row, saying so: a broken measurement must not look like a target that needs no checking.
@@ -11,12 +11,21 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from resnet_mar.bench.results import HeadlineRow, InProcessLimit, ModelResults, Results
 from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, STOCK, V2, ours
 
+#: Our TorchScript setup, the one the others are compared with.
+TS = ours("torchscript")
 NOT_MEASURED = "not measured"
+#: Each note's text by its name, from the list items ``- name: text`` of ``notes.md``.
+NOTES = dict(
+    line.removeprefix("- ").split(": ", 1)
+    for line in (Path(__file__).parent / "notes.md").read_text().splitlines()
+    if line.startswith("- ")
+)
 
 Measure = Callable[[Results, str, str], float | None]
 
@@ -59,26 +68,15 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return None if numerator is None or not denominator else numerator / denominator
 
 
-def over(denominator: Callable[[ModelResults, str], float | None]) -> Measure:
-    """Our throughput served in the row's format at the headline concurrency, over a figure."""
+def over(denominator: Callable[[ModelResults, str], float | None], of: str = "") -> Measure:
+    """Our throughput served in the row's format at the headline concurrency, over a figure of
+    the model: ``denominator(model, of)``, ``of`` the row's format when not given."""
 
     def measure(results: Results, name: str, fmt: str) -> float | None:
         model = results.models[name]
-        return ratio(served_rps(model, ours(fmt)), denominator(model, fmt))
+        return ratio(served_rps(model, ours(fmt)), denominator(model, of or fmt))
 
     return measure
-
-
-def stock_rps(model: ModelResults, _: str) -> float | None:
-    return served_rps(model, STOCK)
-
-
-def torchscript_rps(model: ModelResults, _: str) -> float | None:
-    return served_rps(model, ours("torchscript"))
-
-
-def torchscript_limit(model: ModelResults, _: str) -> float | None:
-    return limit_rps(model, "torchscript")
 
 
 def c1_overhead_ms(results: Results, name: str, fmt: str) -> float | None:
@@ -138,16 +136,14 @@ FORMAT_TARGETS = (
 #: After a model's format targets. OpenVINO FP32 must at least match TorchScript, or the report
 #: must say why it is not the default.
 COMPARISON_TARGETS = (
-    Target("ours / stock throughput at c{c}", over(stock_rps), ">=", 4.0, ("torchscript",)),
+    Target("ours / stock throughput at c{c}", over(served_rps, STOCK), ">=", 4.0, ("torchscript",)),
+    Target("served {fmt} / served torchscript at c{c}", over(served_rps, TS), ">=", 1.5, ("onnx",)),
     Target(
-        "served {fmt} / served torchscript at c{c}", over(torchscript_rps), ">=", 1.5, ("onnx",)
-    ),
-    Target(
-        "served {fmt} / served torchscript at c{c}", over(torchscript_rps), ">=", 1.0, ("openvino",)
+        "served {fmt} / served torchscript at c{c}", over(served_rps, TS), ">=", 1.0, ("openvino",)
     ),
     Target(
         "served {fmt} c{c} / in-process limit (torchscript)",
-        over(torchscript_limit),
+        over(limit_rps, "torchscript"),
         ">=",
         1.8,
         ("int8",),
@@ -174,86 +170,65 @@ def shown(value: float | None) -> str:
     return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
+def note(which: str, /, **figures: object) -> str:
+    return NOTES[which].format(c=HEADLINE_CONCURRENCY, **figures)
+
+
 def notes(results: Results) -> list[str]:
     """Every note, model by model (and within a model, format by format), then the run's."""
     found = [
         note for name, model in results.models.items() for note in _notes(results, name, model)
     ]
-    peak = results.fp32_peak
-    found.append(
-        f"FP32 matmul peak: {peak.gflop_per_s:.1f} GFLOP/s ({peak.size} x {peak.size} float32 "
-        f"torch.mm on {peak.threads} threads, best of {peak.calls} calls)"
-    )
+    found.append(note("peak of the run", peak=results.fp32_peak))
     for label, busy in results.all_busy.items():
         rates = " + ".join(f"{name} {m.load.throughput_rps:.1f}" for name, m in busy.models.items())
-        found.append(
-            f"{label}, all models busy at once ({busy.concurrency_per_model} clients each): "
-            f"{rates} req/s; shares of their alone throughput add up to {busy.shares_sum:.2f}"
-        )
+        found.append(note("all busy", label=label, busy=busy, rates=rates))
     busiest = max((p.load.client_cpu_s / p.load.window_s for *_, p in results.points()), default=0)
-    return [*found, f"load generator CPU: at most {busiest:.1%} of one core during a window"]
+    return [*found, note("load generator", busiest=busiest)]
 
 
 def _notes(results: Results, name: str, model: ModelResults) -> Iterator[str]:
-    c, gflop, preprocessing = HEADLINE_CONCURRENCY, model.gflop_per_image, model.preprocessing_ms
+    gflop, preprocessing = model.gflop_per_image, model.preprocessing_ms
     torchscript = model.in_process.get("torchscript")
-    served = served_rps(model, ours("torchscript"))
+    served = served_rps(model, TS)
     # Against the NCHW-only limit: what a plain torch.jit.load loop reaches.
     if served is not None and torchscript and "contiguous" in torchscript.img_per_s:
         nchw = max(torchscript.img_per_s["contiguous"].values())
-        yield (
-            f"{name}: served c{c} / NCHW-only in-process limit ({nchw:.1f} img/s) = "
-            f"{served / nchw:.2f}"
-        )
+        yield note("nchw", name=name, nchw=nchw, ratio=served / nchw)
     for fmt, limit in model.in_process.items():
         served, rate = served_rps(model, ours(fmt)), limit.limit_img_per_s
         after = limit.limit_after_img_per_s
         if served is not None and preprocessing is not None:
             cap = attainable_img_per_s(rate, preprocessing, limit.threads)
-            yield (
-                f"{name}: {fmt} limit with exact preprocessing on the same cores = {cap:.1f} "
-                f"img/s ({cap / rate:.2f} of the limit); served c{c} / it = {served / cap:.2f}"
-            )
+            yield note("exact", name=name, fmt=fmt, cap=cap, share=cap / rate, ratio=served / cap)
         if served is not None and after is not None:
-            yield (
-                f"{name}: {fmt} limit measured again after serving: {after:.1f} img/s "
-                f"({after / rate:.0%} of the first); served c{c} / it = {served / after:.2f}"
-            )
+            share, again = after / rate, served / after
+            yield note("again", name=name, fmt=fmt, after=after, share=share, ratio=again)
         share = share_of_peak(rate, gflop, results.fp32_peak.gflop_per_s)
-        why = " (int8 arithmetic is not bounded by the FP32 peak)" if fmt == "int8" else ""
-        yield (
-            f"{name}: {fmt} limit {rate:.1f} img/s x {gflop:.2f} GFLOP = {rate * gflop:.0f} "
-            f"GFLOP/s, {share:.2f} of the FP32 matmul peak{why}"
+        kind, gflop_per_s = "int8 peak" if fmt == "int8" else "peak", rate * gflop
+        yield note(
+            kind, name=name, fmt=fmt, rate=rate, gflop=gflop, gflop_per_s=gflop_per_s, share=share
         )
-        yield (
-            f"{name}: {fmt} limit on one thread {limit.one_thread_img_per_s:.1f} img/s, on "
-            f"{limit.threads} threads {rate:.1f} (batch {limit.best_batch}, {limit.best_layout}): "
-            f"thread scaling {thread_scaling(limit):.2f}"
-        )
+        scaling = thread_scaling(limit)
+        yield note("threads", name=name, fmt=fmt, limit=limit, rate=rate, scaling=scaling)
     int8 = model.in_process.get("int8")
     # Where preprocessing nears half an image's CPU, decoding, not the model, sets the pace.
     if int8 and preprocessing is not None:
         inference_ms = int8.threads / int8.limit_img_per_s * 1000
-        yield (
-            f"{name}: at int8 speed exact preprocessing is "
-            f"{preprocessing / (preprocessing + inference_ms):.0%} of the CPU per image "
-            f"({preprocessing:.2f} ms per photo, int8 inference {inference_ms:.2f} ms = "
-            "cores / limit)"
+        yield note(
+            "int8 preprocessing",
+            name=name,
+            share=preprocessing / (preprocessing + inference_ms),
+            preprocessing=preprocessing,
+            inference_ms=inference_ms,
         )
-    v2, predictions = model.point(V2, c), model.point(ours("torchscript"), c)
+    v2, predictions = model.point(V2, HEADLINE_CONCURRENCY), model.point(TS, HEADLINE_CONCURRENCY)
     ratio_v2 = v2_over_predictions(model)
     if v2 and predictions and ratio_v2 is not None:
-        lat, base = v2.load.latency_ms, predictions.load.latency_ms
-        yield (
-            f"{name}: v2 /infer / /predictions at c{c} (TorchScript) = {ratio_v2:.2f} "
-            f"({v2.load.throughput_rps:.1f} vs {predictions.load.throughput_rps:.1f} req/s; p50 "
-            f"{lat.p50:.0f} vs {base.p50:.0f} ms, p99 {lat.p99:.0f} vs {base.p99:.0f} ms; "
-            f"{v2.load.errors} errors)"
-        )
-    sizes = model.served.get(ours("torchscript"))
+        yield note("v2", name=name, ratio=ratio_v2, v2=v2.load, base=predictions.load)
+    sizes = model.served.get(TS)
     if sizes and sizes.jpeg_size:
-        ratio_jpeg = sizes.jpeg_size.p50_ratio_large_over_small
-        yield f"{name}: p50 at c1 of a 12 MP JPEG / a 0.3 MP JPEG = {ratio_jpeg:.2f}"
+        yield note("jpeg", name=name, ratio=sizes.jpeg_size.p50_ratio_large_over_small)
 
 
 def busiest_other(results: Results) -> float:
@@ -269,4 +244,4 @@ def busiest_other(results: Results) -> float:
 
 def v2_over_predictions(model: ModelResults) -> float | None:
     """Our TorchScript archive over the Open Inference Protocol, against over /predictions."""
-    return ratio(served_rps(model, V2), torchscript_rps(model, ""))
+    return ratio(served_rps(model, V2), served_rps(model, TS))
