@@ -19,7 +19,7 @@ from resnet_mar.bench.headline import (
     share_of_peak,
     thread_scaling,
 )
-from resnet_mar.bench.report import headline_table, render
+from resnet_mar.bench.report import render
 from resnet_mar.bench.results import (
     AllBusy,
     BusyModel,
@@ -217,7 +217,7 @@ def test_a_setup_that_served_nothing_fails_all_its_rows() -> None:
 def test_the_report_shows_a_missing_measurement_as_a_failed_row() -> None:
     broken = model()
     del broken.served["stock"]
-    table = headline_table(headline.rows(run({"resnet18": broken}))).splitlines()
+    table = render(run({"resnet18": broken})).splitlines()
     assert "| ours / stock throughput at c16 | resnet18 | not measured | >= 4.0 | FAIL |" in table
 
 

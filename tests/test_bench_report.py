@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from resnet_mar.bench import headline
-from resnet_mar.bench.report import markdown_table, render, summary
+from resnet_mar.bench.report import render, summary
 from resnet_mar.bench.results import Results, from_dict
 
 DATA = Path(__file__).parent / "data"
@@ -52,15 +52,6 @@ def test_the_stored_headline_is_not_trusted(stored_run: Results) -> None:
     assert all(row.passed for row in tampered.headline)
     assert headline.rows(tampered) == headline.rows(stored_run)
     assert render(tampered) == render(stored_run)
-
-
-def test_markdown_table_aligns_number_columns_right() -> None:
-    assert markdown_table("name | img/s>", ["a | 1.0", "b | 22"]).splitlines() == [
-        "| name | img/s |",
-        "|---|---:|",
-        "| a | 1.0 |",
-        "| b | 22 |",
-    ]
 
 
 def test_a_limit_not_measured_again_says_so(stored_run: Results) -> None:
