@@ -8,14 +8,14 @@ from pathlib import Path
 
 import jinja2
 
-from resnet_mar.bench import headline
-from resnet_mar.bench.headline import NOT_MEASURED, TS, shown
+from resnet_mar.bench import headline, setups
+from resnet_mar.bench.headline import shown
 from resnet_mar.bench.results import Results
-from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, JPEG_QUALITY, PHOTOS, V2
 from resnet_mar.quantization import MAX_TOP1_PROBABILITY_ERROR, MIN_TOP1_AGREEMENT
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
-#: Block tags on lines of their own leave no line behind; ``f`` formats a figure by a spec.
+#: Block tags on lines of their own leave no line behind; ``f`` formats a figure by a spec. The
+#: template reads the modules ``headline`` and ``setups`` for their names and arithmetic.
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent),
     undefined=jinja2.StrictUndefined,
@@ -24,37 +24,24 @@ TEMPLATES = jinja2.Environment(
     keep_trailing_newline=True,
 )
 TEMPLATES.filters.update(f=format, shown=shown)
+TEMPLATES.globals.update(headline=headline, setups=setups, environment=WORKER_ENVIRONMENT)
 
 
 def render(results: Results) -> str:
-    """The whole report."""
     limits = list(results.limits())
     return TEMPLATES.get_template("report.md").render(
         results=results,
-        settings=results.settings,
-        peak=results.fp32_peak,
-        models=results.models,
         limits=limits,
         busiest=headline.busiest_other(results),
         machine={**asdict(results.machine), **results.versions},
-        photos=[p.name for p in PHOTOS],
-        jpeg_quality=JPEG_QUALITY,
         trained_gate=(MIN_TOP1_AGREEMENT, MAX_TOP1_PROBABILITY_ERROR),
         headline_rows=headline.rows(results),
         notes=headline.notes(results),
         batches=sorted({b for *_, limit in limits for s in limit.img_per_s.values() for b in s}),
-        share_of_peak=headline.share_of_peak,
-        thread_scaling=headline.thread_scaling,
-        environment=WORKER_ENVIRONMENT,
-        c=HEADLINE_CONCURRENCY,
-        TS=TS,
-        V2=V2,
-        NOT_MEASURED=NOT_MEASURED,
-        v2_over_predictions=headline.v2_over_predictions,
         jpeg_sizes={
             name: served.jpeg_size
             for name, model in results.models.items()
-            for served in [model.served.get(TS)]
+            for served in [model.served.get(headline.TS)]
             if served and served.jpeg_size
         },
     )
