@@ -1,5 +1,3 @@
-import sys
-
 from resnet_mar.bench.cli import main
 
-sys.exit(main())
+raise SystemExit(main())

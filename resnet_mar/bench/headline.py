@@ -8,6 +8,7 @@ A format the run did not serve gives no rows; a note whose figures were not meas
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -152,7 +153,6 @@ COMPARISON_TARGETS = (
 
 
 def rows(results: Results) -> list[HeadlineRow]:
-    """One row per target and (model, format) it applies to, grouped by model."""
     formats, found = results.settings.formats, []
     for name in results.models:
         for fmt in formats:
@@ -170,65 +170,56 @@ def shown(value: float | None) -> str:
     return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
-def note(which: str, /, **figures: object) -> str:
+def fill_note(which: str, /, **figures: object) -> str:
     return NOTES[which].format(c=HEADLINE_CONCURRENCY, **figures)
 
 
 def notes(results: Results) -> list[str]:
-    """Every note, model by model (and within a model, format by format), then the run's."""
     found = [
         note for name, model in results.models.items() for note in _notes(results, name, model)
     ]
-    found.append(note("peak of the run", peak=results.fp32_peak))
+    found.append(fill_note("peak of the run", peak=results.fp32_peak))
     for label, busy in results.all_busy.items():
         rates = " + ".join(f"{name} {m.load.throughput_rps:.1f}" for name, m in busy.models.items())
-        found.append(note("all busy", label=label, busy=busy, rates=rates))
+        found.append(fill_note("all busy", label=label, busy=busy, rates=rates))
     busiest = max((p.load.client_cpu_s / p.load.window_s for *_, p in results.points()), default=0)
-    return [*found, note("load generator", busiest=busiest)]
+    return [*found, fill_note("load generator", busiest=busiest)]
 
 
 def _notes(results: Results, name: str, model: ModelResults) -> Iterator[str]:
     gflop, preprocessing = model.gflop_per_image, model.preprocessing_ms
+    note = functools.partial(fill_note, name=name)
     torchscript = model.in_process.get("torchscript")
     served = served_rps(model, TS)
     # Against the NCHW-only limit: what a plain torch.jit.load loop reaches.
     if served is not None and torchscript and "contiguous" in torchscript.img_per_s:
         nchw = max(torchscript.img_per_s["contiguous"].values())
-        yield note("nchw", name=name, nchw=nchw, ratio=served / nchw)
+        yield note("nchw", nchw=nchw, ratio=served / nchw)
     for fmt, limit in model.in_process.items():
         served, rate = served_rps(model, ours(fmt)), limit.limit_img_per_s
         after = limit.limit_after_img_per_s
         if served is not None and preprocessing is not None:
             cap = attainable_img_per_s(rate, preprocessing, limit.threads)
-            yield note("exact", name=name, fmt=fmt, cap=cap, share=cap / rate, ratio=served / cap)
+            yield note("exact", fmt=fmt, cap=cap, share=cap / rate, ratio=served / cap)
         if served is not None and after is not None:
-            share, again = after / rate, served / after
-            yield note("again", name=name, fmt=fmt, after=after, share=share, ratio=again)
+            yield note("again", fmt=fmt, after=after, share=after / rate, ratio=served / after)
         share = share_of_peak(rate, gflop, results.fp32_peak.gflop_per_s)
-        kind, gflop_per_s = "int8 peak" if fmt == "int8" else "peak", rate * gflop
-        yield note(
-            kind, name=name, fmt=fmt, rate=rate, gflop=gflop, gflop_per_s=gflop_per_s, share=share
-        )
-        scaling = thread_scaling(limit)
-        yield note("threads", name=name, fmt=fmt, limit=limit, rate=rate, scaling=scaling)
+        kind = "int8 peak" if fmt == "int8" else "peak"
+        yield note(kind, fmt=fmt, rate=rate, gflop=gflop, gflop_per_s=rate * gflop, share=share)
+        yield note("threads", fmt=fmt, limit=limit, rate=rate, scaling=thread_scaling(limit))
     int8 = model.in_process.get("int8")
     # Where preprocessing nears half an image's CPU, decoding, not the model, sets the pace.
     if int8 and preprocessing is not None:
         inference_ms = int8.threads / int8.limit_img_per_s * 1000
-        yield note(
-            "int8 preprocessing",
-            name=name,
-            share=preprocessing / (preprocessing + inference_ms),
-            preprocessing=preprocessing,
-            inference_ms=inference_ms,
-        )
+        share = preprocessing / (preprocessing + inference_ms)
+        yield note("int8 preprocessing", model=model, share=share, inference_ms=inference_ms)
     v2, predictions = model.point(V2, HEADLINE_CONCURRENCY), model.point(TS, HEADLINE_CONCURRENCY)
     ratio_v2 = v2_over_predictions(model)
     if v2 and predictions and ratio_v2 is not None:
-        yield note("v2", name=name, ratio=ratio_v2, v2=v2.load, base=predictions.load)
+        yield note("v2", ratio=ratio_v2, v2=v2.load, base=predictions.load)
     sizes = model.served.get(TS)
     if sizes and sizes.jpeg_size:
-        yield note("jpeg", name=name, ratio=sizes.jpeg_size.p50_ratio_large_over_small)
+        yield note("jpeg", ratio=sizes.jpeg_size.p50_ratio_large_over_small)
 
 
 def busiest_other(results: Results) -> float:

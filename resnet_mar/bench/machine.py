@@ -45,8 +45,7 @@ def load_average() -> list[float]:
 
 @dataclass(frozen=True)
 class CpuCounters:
-    """CPU seconds so far: the machine's, the hypervisor's steal, ours (this process and the
-    server's)."""
+    """CPU seconds so far: the machine's, steal, ours (this process and the server's)."""
 
     at: float
     machine_busy: float

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import jinja2
 
+from resnet_mar import quantization
 from resnet_mar.bench import headline, setups
 from resnet_mar.bench.headline import shown
 from resnet_mar.bench.results import Results
-from resnet_mar.quantization import MAX_TOP1_PROBABILITY_ERROR, MIN_TOP1_AGREEMENT
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
 #: Block tags on lines of their own leave no line behind; ``f`` formats a figure by a spec. The
-#: template reads the modules ``headline`` and ``setups`` for their names and arithmetic.
+#: template reads the modules ``headline``, ``setups`` and ``quantization`` for their names.
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent),
     undefined=jinja2.StrictUndefined,
@@ -24,7 +24,8 @@ TEMPLATES = jinja2.Environment(
     keep_trailing_newline=True,
 )
 TEMPLATES.filters.update(f=format, shown=shown)
-TEMPLATES.globals.update(headline=headline, setups=setups, environment=WORKER_ENVIRONMENT)
+TEMPLATES.globals.update(headline=headline, setups=setups, quantization=quantization)
+TEMPLATES.globals.update(environment=WORKER_ENVIRONMENT)
 
 
 def render(results: Results) -> str:
@@ -34,7 +35,6 @@ def render(results: Results) -> str:
         limits=limits,
         busiest=headline.busiest_other(results),
         machine={**asdict(results.machine), **results.versions},
-        trained_gate=(MIN_TOP1_AGREEMENT, MAX_TOP1_PROBABILITY_ERROR),
         headline_rows=headline.rows(results),
         notes=headline.notes(results),
         batches=sorted({b for *_, limit in limits for s in limit.img_per_s.values() for b in s}),

@@ -133,8 +133,7 @@ class InProcessLimit:
 
 @dataclass
 class ModelResults:
-    """Its limit per format, each served setup by label, and the CPU exact preprocessing costs
-    per photo (None until measured)."""
+    """``preprocessing_ms``: exact preprocessing's CPU per photo, None until measured."""
 
     gflop_per_image: float
     in_process: dict[str, InProcessLimit] = field(default_factory=dict)

@@ -16,16 +16,13 @@ from resnet_mar.torchserve import RunningServer, private_server
 
 @dataclass(frozen=True)
 class Clients:
-    """What the clients of every setup send, and for how long."""
-
     work: Workspace
     payloads: list[bytes]
     sizes: dict[str, SizedJpeg]
     settings: results.Settings
 
     def measure(self, setup: ServedSetup, run: results.Results) -> None:
-        """Every model of ``run`` under ``setup``, into it: ours from one server, stock from one
-        server per model."""
+        """Every model of ``run``: ours from one server, stock from one server per model."""
         for names in [[name] for name in run.models] if setup.stock else [list(run.models)]:
             self.serve(setup, names, run)
 

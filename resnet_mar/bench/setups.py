@@ -92,9 +92,7 @@ class ServedSetup:
     all_busy_then_limit: bool = False
 
     def server(self) -> dict[str, Any]:
-        """How ``private_server`` starts it: ours as ``make serve`` does (own network namespace,
-        the workers' environment); stock as TorchServe's defaults run it (loopback TCP), without
-        the environment the benchmark itself runs with."""
+        """``private_server``'s options: stock without the environment the benchmark runs with."""
         if self.stock:
             return {"config_text": STOCK_CONFIG, "worker_environment": {}, "isolated": False}
         return {"config_text": None, "worker_environment": WORKER_ENVIRONMENT, "isolated": True}
