@@ -47,7 +47,12 @@ from resnet_serving.explanations import (
     refusal,
     unavailable,
 )
-from resnet_serving.image_decoding import DecodeBudget, decoded_rgb, share_one_malloc_arena
+from resnet_serving.image_decoding import (
+    DecodeBudget,
+    decoded_rgb,
+    share_one_malloc_arena,
+    upright_size,
+)
 from resnet_serving.inference_protocols import (
     Answer,
     ModelIdentity,
@@ -62,7 +67,7 @@ from resnet_serving.input_errors import BadInput
 from resnet_serving.model_runtimes import load_model
 from resnet_serving.request_metrics import ANSWERED, RequestMetrics
 from resnet_serving.request_payload import field_names
-from resnet_serving.resize_crop import resized_center_crop
+from resnet_serving.resize_crop import crop_box, resized_center_crop
 from resnet_serving.serving_schema import AUTO, HandlerSettings, ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -353,13 +358,18 @@ class ResNetClassifierHandler:
         for idx, (request, own) in enumerate(zip(parsed, crops, strict=True)):
             if isinstance(request, ParsedRequest) and request.explain and isinstance(own, list):
                 with self._explanation_turns.turn():
-                    answers[idx] = guarded(self.explain, own[0], rows[idx][0], request.protocol)
+                    answers[idx] = guarded(
+                        self.explain, request.images[0], own[0], rows[idx][0], request.protocol
+                    )
         return answers
 
-    def explain(self, crop: torch.Tensor, probabilities: torch.Tensor, protocol: str) -> Answer:
-        """Integrated gradients of the top-1 class of one decoded image, from the black picture
-        (explanations.py), answered as compact JSON in ``protocol``'s shape. The model gets
-        float batches with gradients, outside inference mode, channels-last as predictions."""
+    def explain(
+        self, data: bytes, crop: torch.Tensor, probabilities: torch.Tensor, protocol: str
+    ) -> Answer:
+        """Integrated gradients of the top-1 class of one decoded image (``data`` encoded,
+        ``crop`` decoded), from the black picture (explanations.py), answered as compact JSON in
+        ``protocol``'s shape with the crop's place on the photo. The model gets float batches
+        with gradients, outside inference mode, channels-last as predictions."""
         probability, target = probabilities.max(dim=0)
         image = model_input([crop], self.settings)
         attribution = integrated_gradients(
@@ -370,8 +380,15 @@ class ResNetClassifierHandler:
             steps=self.settings.ig_steps,
             internal_batch=self.settings.ig_internal_batch,
         )
+        pre = self.settings.preprocessing
+        width, height = upright_size(data)
         answer = explanation_answer(
-            attribution, self.labels[int(target)], float(probability), self.settings.ig_steps
+            attribution,
+            self.labels[int(target)],
+            float(probability),
+            self.settings.ig_steps,
+            crop=crop_box(width, height, pre.resize_size, pre.crop_size),
+            image_size=(width, height),
         )
         return Answer(encode_explanation(protocol, answer))
 

@@ -14,7 +14,7 @@ from resnet_mar.architectures import (
     check_architecture,
 )
 from resnet_mar.build import BuildError, BuildRequest, BuildResult, build_model
-from resnet_mar.client import PROTOCOLS, ClientError
+from resnet_mar.client import EXPLANATION_PROTOCOLS, PROTOCOLS, ClientError
 from resnet_mar.kserve_storage import RUNTIMES, KServeError
 from resnet_mar.labels import LabelMapError, torchvision_imagenet_categories, write_label_map
 from resnet_mar.parity import ParityError
@@ -181,6 +181,27 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"{image}: {json.dumps(answer, ensure_ascii=False)}")
 
 
+def cmd_explain(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from resnet_mar.client import explain
+    from resnet_mar.explanation_overlay import overlay
+
+    url = args.url or inference_address(args.config)
+    answer = explain(url, args.model, args.image, protocol=args.protocol)
+    try:
+        with Image.open(args.image) as photo:
+            picture = overlay(photo, answer, args.size)
+    except ValueError as err:
+        raise ClientError(str(err)) from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(args.out)
+    print(
+        f"{args.image}: {answer['label']} ({answer['probability']:.3f}); its attribution over "
+        f"the crop {args.model} saw -> {args.out}"
+    )
+
+
 def inference_address(config: Path) -> str:
     """The inference address of the config make serve started the server with."""
     from resnet_mar.server_doors import config_addresses
@@ -294,16 +315,7 @@ def parser() -> argparse.ArgumentParser:
     kserve.set_defaults(func=cmd_kserve)
 
     predict = sub.add_parser("predict", help="send images to a served model")
-    predict.add_argument(
-        "--url", help="the server's inference address (default: the one in --config)"
-    )
-    predict.add_argument(
-        "--config",
-        type=Path,
-        default=Path("config.properties"),
-        help="the TorchServe settings make serve used (CONFIG), for its inference address",
-    )
-    predict.add_argument("--model", default="resnet18")
+    server_arguments(predict)
     predict.add_argument("--topk", type=int)
     predict.add_argument(
         "--protocol",
@@ -313,7 +325,36 @@ def parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("images", nargs="+", type=Path)
     predict.set_defaults(func=cmd_predict)
+
+    explain = sub.add_parser(
+        "explain", help="draw a served model's explanation of a photo over the photo (PNG)"
+    )
+    server_arguments(explain)
+    explain.add_argument(
+        "--protocol",
+        default="predictions",
+        choices=EXPLANATION_PROTOCOLS,
+        help="predictions (/explanations) or v1 (KServe :explain)",
+    )
+    explain.add_argument("--out", type=Path, required=True, help="the picture to write (PNG)")
+    explain.add_argument("--size", type=int, default=448, help="side of the drawn crop, pixels")
+    explain.add_argument("image", type=Path)
+    explain.set_defaults(func=cmd_explain)
     return root
+
+
+def server_arguments(command: argparse.ArgumentParser) -> None:
+    """Where the served model is: the commands that call a running server share these."""
+    command.add_argument(
+        "--url", help="the server's inference address (default: the one in --config)"
+    )
+    command.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config.properties"),
+        help="the TorchServe settings make serve used (CONFIG), for its inference address",
+    )
+    command.add_argument("--model", default="resnet18")
 
 
 def main(argv: list[str] | None = None) -> int:

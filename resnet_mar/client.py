@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import requests
 
 PROTOCOLS = ("predictions", "v1", "v2")
+#: The protocols that answer explanations (the Open Inference Protocol defines none).
+EXPLANATION_PROTOCOLS = ("predictions", "v1")
 
 
 class ClientError(RuntimeError):
@@ -56,6 +59,44 @@ def predict(
     if response.status_code != 200:
         raise ClientError(f"{response.status_code} from {model}: {_one_line(response.text)}")
     return response.json()
+
+
+def explain(
+    url: str,
+    model: str,
+    image: Path,
+    *,
+    protocol: str = "predictions",
+    timeout_s: float = 300,
+    patience_s: float = 120,
+) -> dict[str, Any]:
+    """The served explanation of one image file (``/explanations`` or v1 ``:explain``), as the
+    explanation object. Waits its turn: a 503 with Retry-After is asked again after that long,
+    for up to ``patience_s`` (a worker explains one image at a time)."""
+    data = Path(image).read_bytes()
+    if protocol == "predictions":
+        call = {"method": "PUT", "url": f"{url}/explanations/{model}", "data": data}
+    elif protocol == "v1":
+        body = {"instances": [{"b64": base64.b64encode(data).decode("ascii")}]}
+        call = {"method": "POST", "url": f"{url}/v1/models/{model}:explain", "json": body}
+    else:
+        raise ClientError(
+            f"explanations are asked with {' or '.join(EXPLANATION_PROTOCOLS)}, not {protocol!r}"
+        )
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            response = requests.request(timeout=timeout_s, **call)
+        except requests.RequestException as err:
+            raise ClientError(f"cannot reach {url}: {err}") from None
+        wait = float(response.headers.get("Retry-After", 1))
+        if response.status_code != 503 or time.monotonic() + wait > deadline:
+            break
+        time.sleep(wait)
+    if response.status_code != 200:
+        raise ClientError(f"{response.status_code} from {model}: {_one_line(response.text)}")
+    answer = response.json()
+    return answer["explanations"][0] if protocol == "v1" else answer
 
 
 def _one_line(text: str) -> str:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision.transforms import CenterCrop, Resize
 
 from resnet_handler import decode_image, model_input
 from resnet_mar.weights import STANDARD_IMAGENET, load_weights
@@ -164,6 +168,30 @@ def test_values_are_rounded_to_four_significant_digits() -> None:
     assert max(len(json.dumps(value)) for value in rounded(extremes)[0]) == 10
 
 
+def assert_crop_is_where_the_model_looked(crop: dict, photo: bytes) -> None:
+    """The photo cut at the answered box and resized to 224 x 224 is the picture torchvision's
+    Resize(256) + CenterCrop(224) gives (within resampling differences); the box moved along
+    the photo's longer side, as far as the photo allows (up to an eighth of it), is not."""
+    picture = Image.open(io.BytesIO(photo)).convert("RGB")
+    assert crop["image_size"] == list(picture.size)
+    seen = np.asarray(CenterCrop(224)(Resize(256)(picture)), dtype=np.float64)
+
+    def cut(box) -> np.ndarray:
+        return np.asarray(picture.resize((224, 224), box=tuple(box)), dtype=np.float64)
+
+    assert np.abs(cut(crop["box"]) - seen).mean() < 3.0
+    left, top, right, bottom = crop["box"]
+    width, height = picture.size
+    if width >= height:
+        shift = min((right - left) / 8, width - right)
+        moved = (left + shift, top, right + shift, bottom)
+    else:
+        shift = min((bottom - top) / 8, height - bottom)
+        moved = (left, top + shift, right, bottom + shift)
+    assert shift > 10
+    assert np.abs(cut(moved) - seen).mean() > 6.0
+
+
 def handled(handler, context, requests: list[dict], headers: list[dict]) -> list:
     context.headers, context.statuses, context.content_types = headers, {}, {}
     context.response_headers = {}
@@ -197,7 +225,8 @@ def test_an_explanation_request_gets_its_top1_map_as_compact_json(
     assert context.statuses == {} and context.content_types[0] == "application/json"
     assert isinstance(answer, str) and len(answer.encode()) < max_response_size()
     explanation = json.loads(answer)
-    assert list(explanation) == ["label", "probability", "attributions", "delta", "steps"]
+    assert list(explanation) == ["label", "probability", "attributions", "delta", "steps", "crop"]
+    assert_crop_is_where_the_model_looked(explanation["crop"], photo)
     labels = dict(enumerate(handler.labels))
     ((label, probability),) = reference_answer(
         served_models["resnet18"], {str(k): v for k, v in labels.items()}, photo, topk=1

@@ -26,6 +26,7 @@ from resnet_serving.image_decoding import (
     decoded_bytes,
     decoded_rgb,
     jpeg_scan_count,
+    upright_size,
 )
 from resnet_serving.input_errors import BadInput
 from resnet_serving.request_payload import extract_payload
@@ -555,3 +556,9 @@ def test_a_decoded_picture_holds_its_share_of_the_budget_until_it_is_freed(small
     with pytest.raises(BadInput), decoded_rgb(b"not an image", budget, **DECODE_LIMITS):
         pass
     assert budget._used == 0
+
+
+@pytest.mark.parametrize("name", ["jpeg_exif_rotated", "png_rgb", "jpeg_mpo"])
+def test_the_upright_size_is_the_decoded_size_read_from_the_header(name, odd_valid) -> None:
+    data = odd_valid[name].data
+    assert upright_size(data) == decode_rgb(data, **DECODE_LIMITS).size

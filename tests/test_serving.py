@@ -9,17 +9,21 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 import torch
 from PIL import Image
+from torchvision.transforms import CenterCrop, Resize
 
+from resnet_mar.explanation_overlay import SCALE_WIDTH
 from resnet_mar.torchserve import RunningServer
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 from tests.odd_images import (
@@ -375,3 +379,31 @@ def test_a_flood_of_explanations_takes_turns_and_predictions_go_on(
     for response in answered[:3]:
         check_explanation(response.json(), model, labels, explained)
     assert worker_pids(server) == pids_before
+
+
+def test_explain_draws_the_served_map_over_the_part_of_the_photo_the_model_saw(
+    server, photos, tmp_path
+) -> None:
+    """`python -m resnet_mar explain photo --out overlay.png`: a PNG whose left square is the
+    photo's centre crop (as torchvision's Resize + CenterCrop cut it) under the map, and a
+    scale beside it; the same crop moved off centre matches it less."""
+    out = tmp_path / "overlay.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "resnet_mar", "explain", str(photos["grace_hopper"]),
+         "--url", server.endpoints.inference, "--model", "resnet18", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout
+    picture = Image.open(out)
+    assert (picture.format, picture.size) == ("PNG", (448 + SCALE_WIDTH, 448))
+    drawn = np.asarray(picture.convert("L"), dtype=np.float64)[:, :448].ravel()
+    photo = Image.open(photos["grace_hopper"]).convert("RGB")
+
+    def grey(crop: Image.Image) -> np.ndarray:
+        return np.asarray(crop.resize((448, 448)).convert("L"), dtype=np.float64).ravel()
+
+    centre = np.corrcoef(drawn, grey(CenterCrop(224)(Resize(256)(photo))))[0, 1]
+    top = np.corrcoef(drawn, grey(Resize(256)(photo).crop((16, 0, 240, 224))))[0, 1]
+    print(f"correlation with the centre crop {centre:.3f}, with the top crop {top:.3f}")
+    assert centre > 0.8 and centre > top + 0.1, (centre, top)

@@ -156,16 +156,24 @@ def rounded(values: torch.Tensor, digits: int = SIGNIFICANT_DIGITS) -> list[list
 
 
 def explanation_answer(
-    attribution: Attribution, label: str, probability: float, steps: int
+    attribution: Attribution,
+    label: str,
+    probability: float,
+    steps: int,
+    crop: tuple[float, ...],
+    image_size: tuple[int, int],
 ) -> dict[str, Any]:
     """One image's explanation: its top-1 class, that class's probability, the per-pixel map,
-    and how far the map is from complete (the convergence delta)."""
+    how far the map is from complete (the convergence delta), and where the map lies on the
+    photo (``crop``: left, top, right, bottom in the pixels of the upright photo of
+    ``image_size``), so a client can draw it over the photo without the preprocessing."""
     return {
         "label": label,
         "probability": probability,
         "attributions": rounded(attribution.pixels),
         "delta": attribution.delta,
         "steps": steps,
+        "crop": {"box": [round(edge, 2) for edge in crop], "image_size": list(image_size)},
     }
 
 

@@ -47,6 +47,10 @@ _SIGNATURES = {
 #: Bytes Pillow holds per pixel of an RGB picture, and per row (the row pointer).
 _RGB_PIXEL_BYTES = 4
 _ROW_BYTES = 8
+#: The EXIF orientation tag, and its values that turn the picture a quarter (width and height
+#: swap places).
+_ORIENTATION = 0x0112
+_QUARTER_TURNS = (5, 6, 7, 8)
 #: glibc's mallopt parameter for the number of malloc arenas (malloc.h).
 _M_ARENA_MAX = -8
 #: Markers that stand alone in a JPEG (no length follows): TEM, RST0-7, SOI, EOI.
@@ -231,6 +235,17 @@ def _check_jpeg_scans(data: bytes, max_scans: int) -> None:
             f"the JPEG has {scans} scans, over the limit of {max_scans} (a progressive JPEG "
             "usually has about 10): each scan decodes the whole picture again",
         )
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """The picture's width and height as a viewer shows it (EXIF orientation applied), from
+    the header alone: the frame an explanation's crop position refers to."""
+    with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as image:
+        width, height = image.size
+        with contextlib.suppress(Exception):  # a broken EXIF block: as decoding, no rotation
+            if image.getexif().get(_ORIENTATION, 1) in _QUARTER_TURNS:
+                return height, width
+    return width, height
 
 
 def _undecodable(what: str, err: Exception) -> BadInput:

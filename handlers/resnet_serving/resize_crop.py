@@ -47,6 +47,24 @@ def resized_center_crop(
     )
 
 
+def crop_box(
+    width: int, height: int, resize_size: int, crop_size: int
+) -> tuple[float, float, float, float]:
+    """Where the crop :func:`resized_center_crop` takes lies in the source picture (left, top,
+    right, bottom, in its pixels): what a client needs to lay an explanation over the photo
+    without reproducing the preprocessing."""
+    new_width, new_height = resized_size(width, height, resize_size)
+    top = round((new_height - crop_size) / 2.0)
+    left = round((new_width - crop_size) / 2.0)
+    scale_x, scale_y = width / new_width, height / new_height
+    return (
+        left * scale_x,
+        top * scale_y,
+        min((left + crop_size) * scale_x, width),  # never past the edge by a rounding
+        min((top + crop_size) * scale_y, height),
+    )
+
+
 def resized_size(width: int, height: int, resize_size: int) -> tuple[int, int]:
     """torchvision's output size for ``Resize(resize_size)``: the shorter side becomes
     ``resize_size``, the longer keeps the aspect ratio (truncated)."""
