@@ -31,6 +31,8 @@ SERVICE     ?= resnet-mar
 POD_CPUS    ?= 1
 POD_MEMORY  ?= 4Gi
 PYTEST_ARGS ?=
+DATA        ?=
+BASELINE    ?=
 
 VENV  := .venv
 BIN   := $(VENV)/bin
@@ -47,7 +49,7 @@ $(shell rm -rf $(VENV))
 endif
 endif
 
-.PHONY: help setup host-tools container-tools labels script archive serve stop kserve image check test test-container lint bench clean FORCE
+.PHONY: help setup host-tools container-tools labels script archive serve stop kserve eval image check test test-container lint bench clean FORCE
 
 help: ## list targets and variables
 	@echo "Targets:"
@@ -76,6 +78,7 @@ help: ## list targets and variables
 	@echo "  IMAGE_BUILDER=$(IMAGE_BUILDER)  IMAGE_BUILD_ARGS=$(IMAGE_BUILD_ARGS)  make image: the builder and more of its arguments"
 	@echo "  STORAGE_URI=$(STORAGE_URI)  make kserve: where the cluster finds build/kserve (pvc://claim/folder, s3://bucket/folder)"
 	@echo "  SERVICE=$(SERVICE)  POD_CPUS=$(POD_CPUS)  POD_MEMORY=$(POD_MEMORY)  make kserve: InferenceService name and pod size"
+	@echo "  DATA=$(DATA)  BASELINE=$(BASELINE)  make eval: labelled images (class folders named by label or index, or a path,label CSV); the model the others are compared with"
 	@echo "  BUILD=$(BUILD)  MODEL_STORE=$(MODEL_STORE)  PYTHON=$(PYTHON)  PYTEST_ARGS=$(PYTEST_ARGS)"
 	@echo "  CXX=$(CXX)  C++ compiler of make cpp"
 
@@ -159,6 +162,11 @@ kserve: $(ARCHIVES) ## write build/kserve/: a KServe storage folder, its Serving
 	$(BIN)/python -m resnet_mar kserve --model-store $(MODEL_STORE) --models $(NAMES) --out $(BUILD)/kserve \
 		--protocol $(PROTOCOL) --storage-uri $(STORAGE_URI) --service $(SERVICE) \
 		--cpus $(POD_CPUS) --memory $(POD_MEMORY) --runtime $(RUNTIME) --image $(IMAGE) --config $(CONFIG)
+
+eval: $(ARCHIVES) ## accuracy of each archive on DATA (class folders or a path,label CSV), in process and served -> results/eval/
+	@test -n "$(DATA)" || { echo "eval: set DATA to a folder of class folders or a path,label CSV"; exit 2; }
+	$(BIN)/python -m resnet_mar eval --data $(DATA) --models $(NAMES) --model-store $(MODEL_STORE) \
+		--config $(CONFIG) --out results/eval $(if $(BASELINE),--baseline $(BASELINE))
 
 # The serving image (Dockerfile): buildah where it is (--format docker keeps the HEALTHCHECK),
 # else docker. model_store/ is baked in as it is (empty: mount a KServe layout at /mnt/models).

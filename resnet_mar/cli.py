@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from resnet_mar.architectures import (
     SUPPORTED_ARCHITECTURES,
@@ -15,6 +16,7 @@ from resnet_mar.architectures import (
 )
 from resnet_mar.build import BuildError, BuildRequest, BuildResult, build_model
 from resnet_mar.client import EXPLANATION_PROTOCOLS, PROTOCOLS, ClientError
+from resnet_mar.evaluation import EvaluationError
 from resnet_mar.kserve_storage import RUNTIMES, KServeError
 from resnet_mar.labels import LabelMapError, torchvision_imagenet_categories, write_label_map
 from resnet_mar.parity import ParityError
@@ -36,6 +38,7 @@ USER_ERRORS = (
     KServeError,
     PhotosMissingError,
     ClientError,
+    EvaluationError,
 )
 
 
@@ -202,6 +205,20 @@ def cmd_explain(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from resnet_mar.evaluation import evaluate
+
+    archives = [args.model_store / f"{name}.mar" for name in args.models]
+    missing = [str(archive) for archive in archives if not archive.is_file()]
+    if missing:
+        raise ClientError(f"no archive {', '.join(missing)}: make archive first")
+    url = args.url
+    if url is None and args.config.is_file():
+        url = inference_address(args.config)
+    evaluate(args.data, archives, args.out, url=url, sample=args.sample, baseline=args.baseline)
+    print(f"eval: {args.out}/report.md, eval.json and accuracy.png")
+
+
 def inference_address(config: Path) -> str:
     """The inference address of the config make serve started the server with."""
     from resnet_mar.server_doors import config_addresses
@@ -340,7 +357,36 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("--size", type=int, default=448, help="side of the drawn crop, pixels")
     explain.add_argument("image", type=Path)
     explain.set_defaults(func=cmd_explain)
+    eval_parser(sub)
     return root
+
+
+def eval_parser(sub: Any) -> None:
+    evaluation = sub.add_parser(
+        "eval", help="top-1/top-5 accuracy of archives on a labelled folder or CSV"
+    )
+    evaluation.add_argument(
+        "--data", type=Path, required=True, help="a folder of class folders, or a path,label CSV"
+    )
+    evaluation.add_argument("--models", nargs="+", required=True, help="archive names")
+    evaluation.add_argument("--model-store", type=Path, default=Path("model_store"))
+    evaluation.add_argument("--out", type=Path, default=Path("results/eval"))
+    evaluation.add_argument(
+        "--url", help="a running server's inference address (default: the one in --config)"
+    )
+    evaluation.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config.properties"),
+        help="the TorchServe settings make serve used, for the served accuracy",
+    )
+    evaluation.add_argument(
+        "--sample", type=int, help="served accuracy on the first N images only (default: all)"
+    )
+    evaluation.add_argument(
+        "--baseline", help="the model the others are compared with (paired differences)"
+    )
+    evaluation.set_defaults(func=cmd_eval)
 
 
 def server_arguments(command: argparse.ArgumentParser) -> None:
