@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from resnet_mar.server_doors import LISTENING
+
 #: A request head larger than this is refused (431): TorchServe's own limit is 8 KiB of headers.
 MAX_HEAD = 64 * 1024
 #: Connections served at once; beyond, a connection gets 503 and is closed.
@@ -43,8 +45,6 @@ IDLE_TIMEOUT_S, STOP_GRACE_S = 60.0, 0.5
 WHOLE_BODY = 16 * 1024 * 1024
 #: Worker states are asked of TorchServe at most this often (health checks can be frequent).
 STATE_TTL_S = 0.5
-#: What the door prints once every port of it listens (its starter waits for it).
-LISTENING = "front door: listening"
 #: Each archive's format, as the protocol's "platform" names it.
 PLATFORMS = {
     "torchscript": "pytorch_torchscript",

@@ -33,6 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+#: What the front door prints once every port of it listens (its starter waits for it).
+LISTENING = "front door: listening"
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Forwarded from the host's loopback to the server's unix sockets.
 PUBLIC_DOORS = ("inference", "metrics")

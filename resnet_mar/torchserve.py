@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnet_mar.front_door import LISTENING
 from resnet_mar.server_doors import (
+    LISTENING,
     REPO_ROOT,
     DoorError,
     ServerFolder,
