@@ -49,7 +49,7 @@ $(shell rm -rf $(VENV))
 endif
 endif
 
-.PHONY: help setup host-tools container-tools labels script archive serve stop kserve eval image check test test-container lint bench clean FORCE
+.PHONY: help setup host-tools container-tools labels script archive serve stop kserve eval mobile image check test test-container lint bench clean FORCE
 
 help: ## list targets and variables
 	@echo "Targets:"
@@ -87,7 +87,7 @@ setup: $(STAMP) host-tools ## create .venv with the pinned stack; check Java >= 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,onnx,bench,openvino,explain]'
+	$(BIN)/pip install --quiet -e '.[dev,onnx,bench,openvino,explain,mobile]'
 	@touch $@
 	@echo "setup: $(VENV) ready ($$($(BIN)/python -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'))"
 
@@ -162,6 +162,10 @@ kserve: $(ARCHIVES) ## write build/kserve/: a KServe storage folder, its Serving
 	$(BIN)/python -m resnet_mar kserve --model-store $(MODEL_STORE) --models $(NAMES) --out $(BUILD)/kserve \
 		--protocol $(PROTOCOL) --storage-uri $(STORAGE_URI) --service $(SERVICE) \
 		--cpus $(POD_CPUS) --memory $(POD_MEMORY) --runtime $(RUNTIME) --image $(IMAGE) --config $(CONFIG)
+
+mobile: $(STAMP) ## export MODELS to ExecuTorch (build/mobile/<name>.pte, XNNPACK), checked against eager; size and latency beside TorchScript's
+	$(BIN)/python -m resnet_mar mobile --models $(MODELS) --weights $(WEIGHTS) $(if $(LABELS),--labels $(LABELS)) \
+		$(if $(NAME),--name $(NAME)) --seed $(SEED) --out $(BUILD)/mobile --build $(BUILD)
 
 eval: $(ARCHIVES) ## accuracy of each archive on DATA (class folders or a path,label CSV), in process and served -> results/eval/
 	@test -n "$(DATA)" || { echo "eval: set DATA to a folder of class folders or a path,label CSV"; exit 2; }

@@ -19,6 +19,7 @@ from resnet_mar.client import EXPLANATION_PROTOCOLS, PROTOCOLS, ClientError
 from resnet_mar.evaluation import EvaluationError
 from resnet_mar.kserve_storage import RUNTIMES, KServeError
 from resnet_mar.labels import LabelMapError, torchvision_imagenet_categories, write_label_map
+from resnet_mar.mobile import MobileError
 from resnet_mar.parity import ParityError
 from resnet_mar.photos import PhotosMissingError
 from resnet_mar.quantization import MAX_TOP1_PROBABILITY_ERROR, MIN_TOP1_AGREEMENT
@@ -39,6 +40,7 @@ USER_ERRORS = (
     PhotosMissingError,
     ClientError,
     EvaluationError,
+    MobileError,
 )
 
 
@@ -70,6 +72,35 @@ def cmd_build(args: argparse.Namespace) -> None:
         result = build_model(request, args.out)
         print(
             f"    wrote {result.model_file} and {result.provenance_file} ({checked(result)})",
+            flush=True,
+        )
+
+
+def cmd_mobile(args: argparse.Namespace) -> None:
+    from resnet_mar.mobile import build_mobile
+
+    if args.name and len(args.models) != 1:
+        raise BuildError("NAME renames one model: give exactly one entry in MODELS")
+    for arch in args.models:
+        check_architecture(arch)
+    for position, arch in enumerate(args.models, 1):
+        name = args.name or arch
+        print(f"[{position}/{len(args.models)}] {name}: ExecuTorch (XNNPACK) ...", flush=True)
+        record = build_mobile(
+            arch, args.weights, args.out, name=name, labels=args.labels, seed=args.seed,
+            torchscript=args.build / f"{name}.pt",
+        )  # fmt: skip
+        latency = record["latency_ms_batch1"]
+        compared = (
+            f"; TorchScript {record['torchscript_size_bytes'] / 1e6:.1f} MB, "
+            f"{latency['torchscript']} ms"
+            if "torchscript" in latency
+            else f"; no TorchScript build of {name} in {args.build} to compare with"
+        )
+        print(
+            f"    wrote {args.out}/{name}.pte ({record['size_bytes'] / 1e6:.1f} MB, "
+            f"{latency['executorch']} ms an image{compared}), checked against eager: max "
+            f"|logit diff| {record['parity']['max_abs_diff']:.2g}, top-5 identical",
             flush=True,
         )
 
@@ -358,6 +389,20 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("image", type=Path)
     explain.set_defaults(func=cmd_explain)
     eval_parser(sub)
+
+    mobile = sub.add_parser(
+        "mobile", help="export models to ExecuTorch (.pte, XNNPACK), checked against eager"
+    )
+    mobile.add_argument("--models", nargs="+", default=["resnet18"], metavar="ARCH")
+    mobile.add_argument("--weights", default="DEFAULT", help="as for build")
+    mobile.add_argument("--labels", type=Path, help="label map JSON for a checkpoint")
+    mobile.add_argument("--name", help="file name for a single model (default: its arch)")
+    mobile.add_argument("--seed", type=int, default=0, help="seed of untrained weights")
+    mobile.add_argument("--out", type=Path, default=Path("build/mobile"))
+    mobile.add_argument(
+        "--build", type=Path, default=Path("build"), help="where TorchScript builds are compared"
+    )
+    mobile.set_defaults(func=cmd_mobile)
     return root
 
 
