@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 import torchvision
 import yaml
+from PIL import Image
 
 from resnet_mar.architectures import check_architecture
 from resnet_mar.calibration import CalibrationError, calibration_set
@@ -29,15 +31,17 @@ from resnet_mar.labels import write_label_map
 from resnet_mar.parity import Forward, ParityError, ParityReport, check_parity, parity_inputs
 from resnet_mar.photos import photo_tensors
 from resnet_mar.quantization import (
+    MAX_TOP1_ACCURACY_DROP,
     MAX_TOP1_PROBABILITY_ERROR,
     MIN_TOP1_AGREEMENT,
     TRAINED_CONFIDENCE,
     QualityError,
     calibrate_confidence,
+    check_labelled_quality,
     check_quality,
     estimate_batchnorm,
 )
-from resnet_mar.weights import LoadedWeights, load_weights, sha256_of
+from resnet_mar.weights import LoadedWeights, load_weights, reference_transforms, sha256_of
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 from resnet_serving.serving_schema import HandlerSettings, ModelConfig, Preprocessing, SchemaError
 
@@ -59,6 +63,10 @@ class BuildRequest:
     calibration: Path | None = None
     int8_min_agreement: float = MIN_TOP1_AGREEMENT
     int8_max_error: float = MAX_TOP1_PROBABILITY_ERROR
+    #: FORMAT=int8 only: labelled images (make eval's DATA); the gate is then top-1 accuracy
+    #: on them, within ``int8_max_drop`` of FP32's, instead of agreement on held-aside photos.
+    int8_data: Path | None = None
+    int8_max_drop: float = MAX_TOP1_ACCURACY_DROP
 
     @property
     def model_name(self) -> str:
@@ -117,9 +125,13 @@ def check_request(request: BuildRequest) -> None:
         raise BuildError(f"model name {name!r} may hold only letters, digits, '_' and '-'")
     if request.calibration is not None and request.model_format != "int8":
         raise BuildError("CALIBRATION goes with FORMAT=int8 (the only format it calibrates)")
-    for threshold in (request.int8_min_agreement, request.int8_max_error):
+    if request.int8_data is not None and request.model_format != "int8":
+        raise BuildError("a labelled gate (DATA with FORMAT=int8) applies to FORMAT=int8 only")
+    for threshold in (request.int8_min_agreement, request.int8_max_error, request.int8_max_drop):
         if not 0 <= threshold <= 1:
-            raise BuildError(f"INT8_MIN_AGREEMENT and INT8_MAX_ERROR are in 0..1, not {threshold}")
+            raise BuildError(
+                f"INT8_MIN_AGREEMENT, INT8_MAX_ERROR and INT8_MAX_DROP are in 0..1, not {threshold}"
+            )
 
 
 def exporter_for(request: BuildRequest, photos: dict[str, torch.Tensor]) -> Exporter:
@@ -197,6 +209,16 @@ def compile_and_check(
     eager = prepare_for_inference(loaded.model)
     exporter = EXPORTERS["int8"][1]
     compiled = exporter(eager, model_file, loaded.preprocessing, images=calibration.images)
+    if request.int8_data is not None:
+        labelled = check_labelled_quality(
+            eager,
+            compiled,
+            labelled_batches(request.int8_data, loaded),
+            loaded.categories,
+            max_drop=request.int8_max_drop,
+        )
+        return {**checks, "labelled_quality": {"data": str(request.int8_data),
+                                               **dataclasses.asdict(labelled)}}  # fmt: skip
     quality = check_quality(
         eager,
         compiled,
@@ -205,6 +227,22 @@ def compile_and_check(
         max_top1_probability_error=request.int8_max_error,
     )
     return {**checks, "quality": dataclasses.asdict(quality)}
+
+
+def labelled_batches(data: Path, loaded: LoadedWeights, size: int = 32) -> Iterator[tuple]:
+    """``data``'s images as model inputs with their label names, a batch at a time (a labelled
+    set may not fit in memory), prepared by the weights entry's own transforms."""
+    from resnet_mar.evaluation import EvaluationError, labelled_images
+
+    try:
+        images = labelled_images(data, loaded.categories)
+    except EvaluationError as err:
+        raise BuildError(str(err)) from None
+    transform = reference_transforms(loaded.preprocessing)
+    for start in range(0, len(images), size):
+        chunk = images[start : start + size]
+        tensors = [transform(Image.open(item.path).convert("RGB")) for item in chunk]
+        yield torch.stack(tensors), [item.label for item in chunk]
 
 
 def build_model(request: BuildRequest, out_dir: Path) -> BuildResult:

@@ -22,7 +22,11 @@ from resnet_mar.labels import LabelMapError, torchvision_imagenet_categories, wr
 from resnet_mar.mobile import MobileError
 from resnet_mar.parity import ParityError
 from resnet_mar.photos import PhotosMissingError
-from resnet_mar.quantization import MAX_TOP1_PROBABILITY_ERROR, MIN_TOP1_AGREEMENT
+from resnet_mar.quantization import (
+    MAX_TOP1_ACCURACY_DROP,
+    MAX_TOP1_PROBABILITY_ERROR,
+    MIN_TOP1_AGREEMENT,
+)
 from resnet_mar.server_doors import ISOLATION_MODES
 from resnet_mar.torchserve import ServerError
 from resnet_mar.weights import WeightsError
@@ -62,6 +66,8 @@ def cmd_build(args: argparse.Namespace) -> None:
             calibration=args.calibration,
             int8_min_agreement=args.int8_min_agreement,
             int8_max_error=args.int8_max_error,
+            int8_data=args.int8_data,
+            int8_max_drop=args.int8_max_drop,
         )
         jit = f", jit={args.jit}" if args.format == "torchscript" else ""
         print(
@@ -107,6 +113,13 @@ def cmd_mobile(args: argparse.Namespace) -> None:
 
 def checked(result: BuildResult) -> str:
     """What the build checked the compiled model against, in a few words."""
+    if "labelled_quality" in result.provenance:
+        q = result.provenance["labelled_quality"]
+        return (
+            f"int8 vs FP32 on {q['images']} labelled images of {q['data']}: top-1 "
+            f"{q['int8_top1']:.1%} vs {q['fp32_top1']:.1%}, a drop of {q['drop']:.1%} "
+            f"(allowed {q['max_drop_allowed']:.1%})"
+        )
     if "quality" in result.provenance:
         q = result.provenance["quality"]
         return (
@@ -310,6 +323,18 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=MAX_TOP1_PROBABILITY_ERROR,
         help="FORMAT=int8: the largest error allowed on the probability of FP32's top-1 class",
+    )
+    build.add_argument(
+        "--int8-data",
+        type=Path,
+        help="FORMAT=int8: labelled images (class folders or a path,label CSV): gate on their "
+        "top-1 accuracy instead of agreement on held-aside photos",
+    )
+    build.add_argument(
+        "--int8-max-drop",
+        type=float,
+        default=MAX_TOP1_ACCURACY_DROP,
+        help="FORMAT=int8 with --int8-data: the top-1 accuracy int8 may lose against FP32",
     )
     build.add_argument("--out", type=Path, default=Path("build"))
     build.set_defaults(func=cmd_build)

@@ -7,12 +7,16 @@ that moved with the batch size), and quantizing the toolkit's own ONNX export ke
 to one ``.onnx`` file that OpenVINO runs as fast as its own IR.
 
 The build stops unless the int8 model agrees with the FP32 model on photos held aside from
-calibration (top-1 class, and the probability of that class), with thresholds the user can set.
+calibration (top-1 class, and the probability of that class), with thresholds the user can set;
+or, given labelled images of the user's own (``DATA``), unless it keeps FP32's top-1 accuracy on
+them within an allowed drop: agreement on a few photos says little about accuracy on one's data.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +29,8 @@ from resnet_mar.parity import Forward
 MIN_TOP1_AGREEMENT = 0.8
 #: ...and the probability it gives the FP32 top-1 class is off by at most this much.
 MAX_TOP1_PROBABILITY_ERROR = 0.05
+#: With labelled images: the top-1 accuracy the int8 model may lose against FP32 (one point).
+MAX_TOP1_ACCURACY_DROP = 0.01
 #: Batch size of BatchNorm re-estimation (only for untrained networks, see below).
 ESTIMATION_BATCH = 16
 #: The mean top-1 probability an untrained network's last layer is scaled to (see below).
@@ -44,6 +50,17 @@ class QualityReport:
     max_probability_error: float
     min_top1_agreement: float
     max_top1_probability_error_allowed: float
+
+
+@dataclass
+class LabelledQualityReport:
+    images: int
+    fp32_top1: float
+    int8_top1: float
+    #: FP32's top-1 accuracy minus int8's, and its paired 95% interval.
+    drop: float
+    drop_interval: tuple[float, float]
+    max_drop_allowed: float
 
 
 def estimate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
@@ -155,5 +172,44 @@ def check_quality(
             f"probability off by up to {report.max_top1_probability_error:.3f} (allowed "
             f"{max_top1_probability_error}); calibrate on more representative photos "
             "(CALIBRATION=folder) or relax INT8_MIN_AGREEMENT / INT8_MAX_ERROR"
+        )
+    return report
+
+
+def check_labelled_quality(
+    fp32: Forward,
+    int8: Forward,
+    batches: Iterable[tuple[torch.Tensor, list[str]]],
+    categories: list[str],
+    *,
+    max_drop: float = MAX_TOP1_ACCURACY_DROP,
+) -> LabelledQualityReport:
+    """Top-1 accuracy of both models on labelled images (``batches`` of model inputs and label
+    names); raise QualityError when int8 loses more than ``max_drop`` of it."""
+    fp32_right: list[bool] = []
+    int8_right: list[bool] = []
+    with torch.inference_mode():
+        for images, labels in batches:
+            for model, right in ((fp32, fp32_right), (int8, int8_right)):
+                top1 = model(images).argmax(dim=1).tolist()
+                right += [categories[i] == label for i, label in zip(top1, labels, strict=True)]
+    paired = torch.tensor(fp32_right, dtype=torch.float64) - torch.tensor(int8_right).double()
+    n = len(paired)
+    drop = float(paired.mean())
+    half = 1.96 * float(paired.std()) / math.sqrt(n) if n > 1 else 0.0
+    report = LabelledQualityReport(
+        images=n,
+        fp32_top1=sum(fp32_right) / n,
+        int8_top1=sum(int8_right) / n,
+        drop=drop,
+        drop_interval=(drop - half, drop + half),
+        max_drop_allowed=max_drop,
+    )
+    if drop > max_drop:
+        raise QualityError(
+            f"the int8 model loses {drop:.1%} top-1 accuracy against FP32 on {n} labelled images "
+            f"(FP32 {report.fp32_top1:.1%}, int8 {report.int8_top1:.1%}; allowed {max_drop:.1%}): "
+            "calibrate on more representative photos (CALIBRATION=folder) or allow more "
+            "(INT8_MAX_DROP)"
         )
     return report

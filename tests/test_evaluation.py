@@ -15,7 +15,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
-from resnet_mar.build import BuildRequest, build_model
+from resnet_mar.build import BuildError, BuildRequest, build_model
 from resnet_mar.evaluation import (
     EvaluationError,
     LabelledImage,
@@ -24,6 +24,7 @@ from resnet_mar.evaluation import (
     paired_difference,
     wilson,
 )
+from resnet_mar.quantization import QualityError, check_labelled_quality
 from resnet_mar.torchserve import REPO_ROOT, private_server
 from tests.photos import PHOTOS
 from tests.reference import STANDARD_IMAGENET
@@ -63,6 +64,38 @@ def test_the_paired_difference_counts_images_both_models_saw() -> None:
     right, wrong = ["cat", "dog"], ["dog", "cat"]
     mean, low, high = paired_difference([right, right, wrong, right], [right] * 4, images)
     assert mean == -0.25 and low < mean < high < 0.5
+
+
+def test_the_labelled_int8_gate_passes_within_the_drop_and_fails_beyond() -> None:
+    """FP32 right on 10 images, int8 wrong on 2 of them: a drop of 20 points, with its paired
+    interval (wide, on 10 images); refused at the default 1 point, accepted when 25 are
+    allowed."""
+    categories = ["cat", "dog"]
+    truth = torch.tensor([0, 1] * 5)
+    images = torch.arange(10, dtype=torch.float32)  # each "image" is its index
+
+    def fp32(batch: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(truth[batch.long()], 2).float()
+
+    def int8(batch: torch.Tensor) -> torch.Tensor:
+        answers = fp32(batch)
+        return torch.where((batch < 2)[:, None], answers.flip(1), answers)
+
+    batches = [(images[:6], [categories[i] for i in truth[:6]]),
+               (images[6:], [categories[i] for i in truth[6:]])]  # fmt: skip
+    with pytest.raises(QualityError, match=r"loses 20\.0% top-1 accuracy"):
+        check_labelled_quality(fp32, int8, batches, categories)
+    report = check_labelled_quality(fp32, int8, batches, categories, max_drop=0.25)
+    assert (report.images, report.fp32_top1, report.int8_top1) == (10, 1.0, 0.8)
+    assert report.drop == pytest.approx(0.2)
+    half = 1.96 * (0.2 * 0.8 * 10 / 9) ** 0.5 / 10**0.5  # paired: sample sd of the differences
+    assert report.drop_interval == pytest.approx((0.2 - half, 0.2 + half))
+
+
+def test_a_labelled_gate_goes_with_int8_only(tmp_path) -> None:
+    request = BuildRequest("resnet18", weights="none", int8_data=tmp_path)
+    with pytest.raises(BuildError, match="applies to FORMAT=int8 only"):
+        build_model(request, tmp_path / "out")
 
 
 def augmented_crops(photo: str, count: int, seed: int) -> list[Image.Image]:
