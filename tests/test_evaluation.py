@@ -146,6 +146,15 @@ def fine_tuned_checkpoint(folder: Path) -> tuple[Path, Path]:
     return checkpoint, labels
 
 
+def held_out_crops(data: Path, per_class: int) -> Path:
+    """An ImageFolder of crops the training never saw (other seeds), one folder per class."""
+    for index, (label, photo) in enumerate(CLASSES.items()):
+        (data / label).mkdir(parents=True)
+        for number, crop in enumerate(augmented_crops(photo, per_class, seed=100 + index)):
+            crop.save(data / label / f"{number}.jpg", quality=90)
+    return data
+
+
 @pytest.mark.integration
 def test_a_fine_tuned_model_is_evaluated_far_above_chance_in_process_and_served(
     tmp_path: Path,
@@ -161,11 +170,7 @@ def test_a_fine_tuned_model_is_evaluated_far_above_chance_in_process_and_served(
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert archived.returncode == 0, archived.stdout + archived.stderr
-    data = tmp_path / "held_out"
-    for index, (label, photo) in enumerate(CLASSES.items()):
-        (data / label).mkdir(parents=True)
-        for number, crop in enumerate(augmented_crops(photo, 8, seed=100 + index)):
-            crop.save(data / label / f"{number}.jpg", quality=90)
+    data = held_out_crops(tmp_path / "held_out", per_class=8)
     out = tmp_path / "eval"
     with private_server(store, ["photos3"], workdir=tmp_path / "server") as server:
         (found,) = evaluate(data, [store / "photos3.mar"], out, url=server.endpoints.inference)
@@ -179,3 +184,19 @@ def test_a_fine_tuned_model_is_evaluated_far_above_chance_in_process_and_served(
     assert json.loads((out / "eval.json").read_text())["models"][0]["in_process"]["images"] == 24
     with Image.open(out / "accuracy.png") as picture:
         assert picture.format == "PNG" and picture.size[0] > 300
+
+
+@pytest.mark.builds
+def test_an_int8_build_is_gated_on_the_labelled_accuracy(tmp_path: Path) -> None:
+    """FORMAT=int8 with labelled data: the provenance holds both accuracies and the drop on
+    them (a drop over the allowed one is refused: the unit test of the gate above)."""
+    checkpoint, labels = fine_tuned_checkpoint(tmp_path)
+    data = held_out_crops(tmp_path / "held_out", per_class=8)
+    request = BuildRequest("resnet18", weights=str(checkpoint), labels=labels,
+                           name="photos3_int8", model_format="int8", int8_data=data,
+                           int8_max_drop=1.0)  # fmt: skip
+    gate = build_model(request, tmp_path / "build").provenance["labelled_quality"]
+    assert gate["images"] == 24 and gate["data"] == str(data)
+    assert gate["fp32_top1"] >= 0.8
+    assert gate["drop"] == pytest.approx(gate["fp32_top1"] - gate["int8_top1"])
+    assert gate["max_drop_allowed"] == 1.0
