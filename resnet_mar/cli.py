@@ -441,15 +441,7 @@ def eval_parser(sub: Any) -> None:
     evaluation.add_argument("--models", nargs="+", required=True, help="archive names")
     evaluation.add_argument("--model-store", type=Path, default=Path("model_store"))
     evaluation.add_argument("--out", type=Path, default=Path("results/eval"))
-    evaluation.add_argument(
-        "--url", help="a running server's inference address (default: the one in --config)"
-    )
-    evaluation.add_argument(
-        "--config",
-        type=Path,
-        default=Path("config.properties"),
-        help="the TorchServe settings make serve used, for the served accuracy",
-    )
+    server_arguments(evaluation, one_model=False)
     evaluation.add_argument(
         "--sample", type=int, help="served accuracy on the first N images only (default: all)"
     )
@@ -459,7 +451,7 @@ def eval_parser(sub: Any) -> None:
     evaluation.set_defaults(func=cmd_eval)
 
 
-def server_arguments(command: argparse.ArgumentParser) -> None:
+def server_arguments(command: argparse.ArgumentParser, *, one_model: bool = True) -> None:
     """Where the served model is: the commands that call a running server share these."""
     command.add_argument(
         "--url", help="the server's inference address (default: the one in --config)"
@@ -470,7 +462,8 @@ def server_arguments(command: argparse.ArgumentParser) -> None:
         default=Path("config.properties"),
         help="the TorchServe settings make serve used (CONFIG), for its inference address",
     )
-    command.add_argument("--model", default="resnet18")
+    if one_model:
+        command.add_argument("--model", default="resnet18")
 
 
 def main(argv: list[str] | None = None) -> int:

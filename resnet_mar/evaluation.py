@@ -166,16 +166,21 @@ def paired_difference(
 ) -> tuple[float, float, float]:
     """Top-1 accuracy of ``top5`` minus the baseline's on the same images, with the 95%
     interval of the paired differences (each image: +1, 0 or -1)."""
-    per_image = np.array(
+    return mean_with_interval(
         [
             (row[0] == item.label) - (base[0] == item.label)
             for row, base, item in zip(top5, baseline, images, strict=True)
-        ],
-        dtype=np.float64,
+        ]
     )
-    mean = float(per_image.mean())
-    spread = float(per_image.std(ddof=1)) if len(per_image) > 1 else 0.0
-    half = Z95 * spread / math.sqrt(len(per_image))
+
+
+def mean_with_interval(values: list[float]) -> tuple[float, float, float]:
+    """The mean of ``values`` and its 95% normal interval (sample standard deviation): for
+    paired differences, which cancel what both models get right or wrong alike."""
+    found = np.asarray(values, dtype=np.float64)
+    mean = float(found.mean())
+    spread = float(found.std(ddof=1)) if len(found) > 1 else 0.0
+    half = Z95 * spread / math.sqrt(len(found))
     return mean, mean - half, mean + half
 
 

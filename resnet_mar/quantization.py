@@ -15,7 +15,6 @@ them within an allowed drop: agreement on a few photos says little about accurac
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,16 +192,18 @@ def check_labelled_quality(
             for model, right in ((fp32, fp32_right), (int8, int8_right)):
                 top1 = model(images).argmax(dim=1).tolist()
                 right += [categories[i] == label for i, label in zip(top1, labels, strict=True)]
-    paired = torch.tensor(fp32_right, dtype=torch.float64) - torch.tensor(int8_right).double()
-    n = len(paired)
-    drop = float(paired.mean())
-    half = 1.96 * float(paired.std()) / math.sqrt(n) if n > 1 else 0.0
+    from resnet_mar.evaluation import mean_with_interval
+
+    n = len(fp32_right)
+    drop, low, high = mean_with_interval(
+        [float(a) - float(b) for a, b in zip(fp32_right, int8_right, strict=True)]
+    )
     report = LabelledQualityReport(
         images=n,
         fp32_top1=sum(fp32_right) / n,
         int8_top1=sum(int8_right) / n,
         drop=drop,
-        drop_interval=(drop - half, drop + half),
+        drop_interval=(low, high),
         max_drop_allowed=max_drop,
     )
     if drop > max_drop:

@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 
 from resnet_mar.build import BuildError, BuildRequest, build_model
 from resnet_mar.evaluation import (
+    Z95,
     EvaluationError,
     LabelledImage,
     evaluate,
@@ -88,7 +89,7 @@ def test_the_labelled_int8_gate_passes_within_the_drop_and_fails_beyond() -> Non
     report = check_labelled_quality(fp32, int8, batches, categories, max_drop=0.25)
     assert (report.images, report.fp32_top1, report.int8_top1) == (10, 1.0, 0.8)
     assert report.drop == pytest.approx(0.2)
-    half = 1.96 * (0.2 * 0.8 * 10 / 9) ** 0.5 / 10**0.5  # paired: sample sd of the differences
+    half = Z95 * (0.2 * 0.8 * 10 / 9) ** 0.5 / 10**0.5  # paired: sample sd of the differences
     assert report.drop_interval == pytest.approx((0.2 - half, 0.2 + half))
 
 
