@@ -54,7 +54,7 @@ endif
 
 help: ## list targets and variables
 	@echo "Targets:"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(firstword $(MAKEFILE_LIST)) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "Variables (current value):"
 	@echo "  MODELS=$(MODELS)    any of: resnet18 resnet34 resnet50 resnet101 resnet152"
 	@echo "         resnext50_32x4d resnext101_32x8d resnext101_64x4d wide_resnet50_2 wide_resnet101_2"
@@ -171,7 +171,8 @@ mobile: $(STAMP) ## export MODELS to ExecuTorch (build/mobile/<name>.pte, XNNPAC
 	$(BIN)/python -m resnet_mar mobile --models $(MODELS) --weights $(WEIGHTS) $(if $(LABELS),--labels $(LABELS)) \
 		$(if $(NAME),--name $(NAME)) --seed $(SEED) --out $(BUILD)/mobile --build $(BUILD)
 
-eval: $(ARCHIVES) ## accuracy of each archive on DATA (class folders or a path,label CSV), in process and served -> results/eval/
+# The archives as they are in MODEL_STORE (never rebuilt here: what is measured is what is served).
+eval: $(STAMP) ## accuracy of each archive on DATA (class folders or a path,label CSV), in process and served -> results/eval/
 	@test -n "$(DATA)" || { echo "eval: set DATA to a folder of class folders or a path,label CSV"; exit 2; }
 	$(BIN)/python -m resnet_mar eval --data $(DATA) --models $(NAMES) --model-store $(MODEL_STORE) \
 		--config $(CONFIG) --out results/eval $(if $(BASELINE),--baseline $(BASELINE))

@@ -60,3 +60,20 @@ def test_the_readme_variables_are_make_helps() -> None:
         for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split("|")[1])
     }
     assert named == listed, f"README lacks {listed - named}; make help lacks {named - listed}"
+
+
+def test_the_readme_targets_are_make_helps() -> None:
+    """README's rows of make targets name exactly the targets ``make help`` lists (the
+    Makefile's own, whatever other makefiles, such as make cpp's dependency files, it reads)."""
+    helped = subprocess.run(
+        ["make", "--no-print-directory", "help"], capture_output=True, text=True, cwd=REPO_ROOT
+    ).stdout.split("Variables", 1)[0]
+    listed = set(re.findall(r"^  make (\S+)", helped, flags=re.MULTILINE)) - {"help"}
+    readme = (REPO_ROOT / "README.md").read_text()
+    named = {
+        target
+        for row in readme.splitlines()
+        if row.startswith("| `make ")
+        for target in re.findall(r"`make ([a-z-]+)`", row.split("|")[1])
+    }
+    assert named == listed, f"README lacks {listed - named}; make help lacks {named - listed}"
