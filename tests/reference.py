@@ -8,6 +8,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import requests
 import torch
 from PIL import Image
 from torchvision.transforms._presets import ImageClassification
@@ -69,3 +70,12 @@ def reference_top(
         probabilities = model(transforms(picture).unsqueeze(0)).softmax(dim=1)[0]
     scores, indices = probabilities.topk(min(topk, len(labels)))
     return [(labels[str(i)], s) for s, i in zip(scores.tolist(), indices.tolist(), strict=True)]
+
+
+def assert_served_like_reference(
+    inference: str, reference: tuple, photo: bytes, model: str = "resnet18"
+) -> None:
+    """PUT ``photo`` to ``model`` at the ``inference`` address: its answer is the in-process
+    reference's (``reference``: the archive's model and label map)."""
+    answer = requests.put(f"{inference}/predictions/{model}", data=photo, timeout=120)
+    assert_same_answer(answer.json(), reference_answer(*reference, photo))

@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import requests
 
 from resnet_mar.server_doors import (
     REPO_ROOT,
@@ -23,7 +22,7 @@ from resnet_mar.server_doors import (
     namespace_cause,
 )
 from resnet_mar.torchserve import ServerState
-from tests.reference import assert_same_answer, reference_answer
+from tests.reference import assert_served_like_reference
 from tests.seccomp_filter import forbid_unshare
 from tests.served_models import one_model_server_files
 
@@ -132,13 +131,9 @@ def test_make_serve_under_a_container_profile(
         (warning,) = [line for line in served.stderr.splitlines() if line.startswith("warning:")]
         assert "seccomp filter" in warning and "management on 127.0.0.1:" in warning
         state = ServerState.load(folder)
-        answer = requests.put(
-            f"{state.endpoints.inference}/predictions/resnet18",
-            data=photo_bytes["coffee"],
-            timeout=120,
+        assert_served_like_reference(
+            state.endpoints.inference, references["resnet18"], photo_bytes["coffee"]
         )
-        model, labels = references["resnet18"]
-        assert_same_answer(answer.json(), reference_answer(model, labels, photo_bytes["coffee"]))
     finally:
         stopped = subprocess.run(
             [sys.executable, "-m", "resnet_mar", "stop", "--folder", str(folder.root)],
@@ -191,14 +186,8 @@ def test_make_serve_as_another_user_under_a_container_profile(
             (warning,) = [line for line in served.stderr.splitlines() if "warning:" in line]
             assert "seccomp filter" in warning
             state = ServerState.load(folder)
-            answer = requests.put(
-                f"{state.endpoints.inference}/predictions/resnet18",
-                data=photo_bytes["rocket"],
-                timeout=120,
-            )
-            model, labels = references["resnet18"]
-            assert_same_answer(
-                answer.json(), reference_answer(model, labels, photo_bytes["rocket"])
+            assert_served_like_reference(
+                state.endpoints.inference, references["resnet18"], photo_bytes["rocket"]
             )
         finally:
             stopped = cli("stop", "--folder", str(folder.root))

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-import requests
 
 from resnet_mar.server_doors import REPO_ROOT, ServerFolder, config_addresses, host_and_port
 from resnet_mar.torchserve import ServerState, _members, management_call
 from tests.flood import Flood
-from tests.reference import assert_same_answer, reference_answer
+from tests.reference import assert_served_like_reference
 from tests.served_models import one_model_server_files
 
 pytestmark = pytest.mark.integration
@@ -64,13 +63,9 @@ def test_serve_scale_drain_and_stop(
         # Built here on 2 CPUs, served on one: the worker resolves one thread, answers unchanged.
         model_log = (folder.logs / "model_log.log").read_text(errors="replace")
         assert "(torchscript): 1000 classes, threads=1," in model_log
-        model, labels = references["resnet18"]
-        answer = requests.put(
-            f"{state.endpoints.inference}/predictions/resnet18",
-            data=photo_bytes["coffee"],
-            timeout=120,
+        assert_served_like_reference(
+            state.endpoints.inference, references["resnet18"], photo_bytes["coffee"]
         )
-        assert_same_answer(answer.json(), reference_answer(model, labels, photo_bytes["coffee"]))
         again = cli(
             "serve",
             "--config",
