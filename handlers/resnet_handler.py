@@ -339,8 +339,8 @@ class ResNetClassifierHandler:
             idx for idx, request in enumerate(parsed)
             if isinstance(request, ParsedRequest) and request.explain
         ]  # fmt: skip
-        admitted = self._explanation_turns.admitted(len(explaining))
-        waiting = {idx for idx, runs in zip(explaining, admitted, strict=True) if not runs}
+        runs = explaining[:1] if self._explanation_turns.open() else []
+        waiting = set(explaining) - set(runs)
         return [
             self._explanation_turns.busy() if idx in waiting else request
             for idx, request in enumerate(parsed)
@@ -428,9 +428,7 @@ class ResNetClassifierHandler:
         """The body for request ``idx`` and its outcome for the metrics; sets its status, content
         type and headers (errors are JSON too: KServe's model server reads an error's message
         only from a JSON body)."""
-        retry_after_s = None
         if isinstance(outcome, BadInput):
-            retry_after_s = outcome.retry_after_s
             context.set_response_status(outcome.status, outcome.kind, idx)
             logger.info(
                 "request %d refused: %d %s %s (fields %s)",
@@ -445,8 +443,6 @@ class ResNetClassifierHandler:
         else:
             kind = ANSWERED
         context.set_response_content_type(idx, outcome.content_type)
-        if retry_after_s is not None:
-            context.set_response_header(idx, "Retry-After", str(retry_after_s))
         for name, value in outcome.headers:
             context.set_response_header(idx, name, value)
         return outcome.body, kind

@@ -28,10 +28,9 @@ class ExplanationTurns:
         self._clock = clock
         self._next_turn = -math.inf
 
-    def admitted(self, wanted: int) -> list[bool]:
-        """Which of a batch's ``wanted`` explanation requests run: the first, if its turn came."""
-        first = self._clock() >= self._next_turn
-        return [first and position == 0 for position in range(wanted)]
+    def open(self) -> bool:
+        """Whether an explanation may run now (the first of a batch; the others wait)."""
+        return self._clock() >= self._next_turn
 
     @contextmanager
     def turn(self) -> Iterator[None]:

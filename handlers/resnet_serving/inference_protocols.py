@@ -198,9 +198,11 @@ def compact(document: dict[str, Any]) -> str:
 
 
 def error_answer(protocol: str, error: BadInput) -> Answer:
-    """A refusal as sent: /predictions in TorchServe's error shape, v1/v2 compact."""
+    """A refusal as sent: /predictions in TorchServe's error shape, v1/v2 compact; one that
+    passes (a 503) says when to ask again."""
     body = error_body(protocol, error)
-    return Answer(body if protocol == PREDICTIONS else compact(body))
+    retry = () if error.retry_after_s is None else (("Retry-After", str(error.retry_after_s)),)
+    return Answer(body if protocol == PREDICTIONS else compact(body), headers=retry)
 
 
 def error_body(protocol: str, error: BadInput) -> dict[str, Any]:
