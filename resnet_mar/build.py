@@ -26,6 +26,7 @@ from PIL import Image
 
 from resnet_mar.architectures import check_architecture
 from resnet_mar.calibration import CalibrationError, calibration_set
+from resnet_mar.evaluation import EvaluationError, labelled_images
 from resnet_mar.export import EXPORTERS, JIT_MODES, Exporter, ExportError, prepare_for_inference
 from resnet_mar.labels import write_label_map
 from resnet_mar.parity import Forward, ParityError, ParityReport, check_parity, parity_inputs
@@ -232,8 +233,6 @@ def compile_and_check(
 def labelled_batches(data: Path, loaded: LoadedWeights, size: int = 32) -> Iterator[tuple]:
     """``data``'s images as model inputs with their label names, a batch at a time (a labelled
     set may not fit in memory), prepared by the weights entry's own transforms."""
-    from resnet_mar.evaluation import EvaluationError, labelled_images
-
     try:
         images = labelled_images(data, loaded.categories)
     except EvaluationError as err:

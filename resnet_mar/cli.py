@@ -48,11 +48,17 @@ USER_ERRORS = (
 )
 
 
-def cmd_build(args: argparse.Namespace) -> None:
+def check_models(args: argparse.Namespace) -> None:
+    """Every architecture named, and NAME with one of them, checked before the first (slow)
+    build or export."""
     if args.name and len(args.models) != 1:
         raise BuildError("NAME renames one model: give exactly one entry in MODELS")
-    for arch in args.models:  # all names checked before the first (slow) build
+    for arch in args.models:
         check_architecture(arch)
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    check_models(args)
     for position, arch in enumerate(args.models, 1):
         request = BuildRequest(
             architecture=arch,
@@ -85,10 +91,7 @@ def cmd_build(args: argparse.Namespace) -> None:
 def cmd_mobile(args: argparse.Namespace) -> None:
     from resnet_mar.mobile import build_mobile
 
-    if args.name and len(args.models) != 1:
-        raise BuildError("NAME renames one model: give exactly one entry in MODELS")
-    for arch in args.models:
-        check_architecture(arch)
+    check_models(args)
     for position, arch in enumerate(args.models, 1):
         name = args.name or arch
         print(f"[{position}/{len(args.models)}] {name}: ExecuTorch (XNNPACK) ...", flush=True)

@@ -52,13 +52,7 @@ def predict(
         call = {"method": "POST", "url": f"{url}/v2/models/{model}/infer", "json": body}
     else:
         raise ClientError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
-    try:
-        response = requests.request(timeout=timeout_s, **call)
-    except requests.RequestException as err:
-        raise ClientError(f"cannot reach {url}: {err}") from None
-    if response.status_code != 200:
-        raise ClientError(f"{response.status_code} from {model}: {_one_line(response.text)}")
-    return response.json()
+    return _answered(call, url, model, timeout_s)
 
 
 def explain(
@@ -83,6 +77,15 @@ def explain(
         raise ClientError(
             f"explanations are asked with {' or '.join(EXPLANATION_PROTOCOLS)}, not {protocol!r}"
         )
+    answer = _answered(call, url, model, timeout_s, patience_s)
+    return answer["explanations"][0] if protocol == "v1" else answer
+
+
+def _answered(
+    call: dict[str, Any], url: str, model: str, timeout_s: float, patience_s: float = 0
+) -> Any:
+    """The JSON answer to ``call``, asked again after a 503's Retry-After for up to
+    ``patience_s``; a ClientError saying what the server answered otherwise."""
     deadline = time.monotonic() + patience_s
     while True:
         try:
@@ -95,8 +98,7 @@ def explain(
         time.sleep(wait)
     if response.status_code != 200:
         raise ClientError(f"{response.status_code} from {model}: {_one_line(response.text)}")
-    answer = response.json()
-    return answer["explanations"][0] if protocol == "v1" else answer
+    return response.json()
 
 
 def _one_line(text: str) -> str:

@@ -108,8 +108,11 @@ def archive_labels(archive: Path) -> list[str]:
     return [names[str(index)] for index in range(len(names))]
 
 
-def in_process_top5(archive: Path, images: list[LabelledImage]) -> tuple[str, list[list[str]]]:
-    """The archive's format and its top-5 label names per image, computed as its worker does."""
+def in_process_top5(
+    archive: Path, images: list[LabelledImage], labels: list[str]
+) -> tuple[str, list[list[str]]]:
+    """The archive's format and its top-5 label names (of ``labels``, its label map) per
+    image, computed as its worker does."""
     from resnet_handler import decode_image, model_input
     from resnet_serving.cpu_budget import usable_cpus
     from resnet_serving.input_errors import BadInput
@@ -122,7 +125,6 @@ def in_process_top5(archive: Path, images: list[LabelledImage]) -> tuple[str, li
         config = ModelConfig.from_dict(yaml.safe_load(packed.read("model-config.yaml")))
         settings = config.handler
         model = load_model(str(Path(unpacked) / serialized), settings.model_format, usable_cpus())
-        labels = archive_labels(archive)
         top5 = []
         for start in range(0, len(images), BATCH):
             chunk = images[start : start + BATCH]
@@ -291,9 +293,10 @@ def evaluate(
     served_note = "Served accuracy not measured (no server address)."
     for archive in archives:
         name = archive.stem
-        images = labelled_images(data, archive_labels(archive))
+        labels = archive_labels(archive)
+        images = labelled_images(data, labels)
         print(f"{name}: {len(images)} images in process ...", flush=True)
-        model_format, top5 = in_process_top5(archive, images)
+        model_format, top5 = in_process_top5(archive, images, labels)
         top5s[name], evaluated[name] = top5, images
         found = ModelEvaluation(name, model_format, accuracy(top5, images))
         if url:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from resnet_mar.evaluation import mean_with_interval
 from resnet_mar.parity import Forward
 
 #: The gate's defaults: the int8 model gives the FP32 model's top-1 class on this share of the
@@ -192,8 +193,6 @@ def check_labelled_quality(
             for model, right in ((fp32, fp32_right), (int8, int8_right)):
                 top1 = model(images).argmax(dim=1).tolist()
                 right += [categories[i] == label for i, label in zip(top1, labels, strict=True)]
-    from resnet_mar.evaluation import mean_with_interval
-
     n = len(fp32_right)
     drop, low, high = mean_with_interval(
         [float(a) - float(b) for a, b in zip(fp32_right, int8_right, strict=True)]
