@@ -359,8 +359,9 @@ def stop_server(state: ServerState, *, drain_s: float = 30, exit_s: float = 30) 
         with suppress(ProcessLookupError):
             os.kill(forwarder, signal.SIGTERM)
     pending = _pending(state.endpoints.management)
+    deadline = time.monotonic() + drain_s  # one drain time for the doors and the queue
     _wait(lambda: not any(_alive(forwarder) for forwarder in state.forwarders), drain_s)
-    drained = _drain(state.endpoints.management, drain_s)
+    drained = _drain(state.endpoints.management, deadline - time.monotonic())
     java = _java_pid(folder)
     began = time.monotonic()
     with suppress(ProcessLookupError):
