@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,12 +18,22 @@ import pytest
 
 from resnet_mar.bench import cli, served
 from resnet_mar.bench.load_client import HttpRequest, Latency, LoadPoint
+from resnet_mar.bench.machine import ROLES
 from resnet_mar.bench.results import MatmulPeak, Results, from_dict
 from tests.bench_runs import IDLE, limit
 
 
-def fake_point(url: str, requests: list[HttpRequest], concurrency: int, **_: float) -> LoadPoint:
-    """10 req/s per client over /predictions, 9 over the Open Inference Protocol."""
+def fake_point(
+    url: str,
+    requests: list[HttpRequest],
+    concurrency: int,
+    at_window: Callable[[], object] = lambda: None,
+    **_: float,
+) -> LoadPoint:
+    """10 req/s per client over /predictions, 9 over the Open Inference Protocol; the CPU
+    sampled as a window opens and closes, as the load client does."""
+    at_window()
+    at_window()
     rps = concurrency * (9.0 if requests[0].path.startswith("/v2/") else 10.0)
     return LoadPoint(
         concurrency, 10.0, 2.0, round(rps * 10), rps, Latency(5, 6, 7, 5.5), 0, {}, 0.1
@@ -76,6 +86,8 @@ def test_a_run_fills_every_figure_and_writes_its_outputs(
     assert list(model.served) == ["ours-torchscript", "ours-torchscript-v2", "stock", "ours-onnx"]
     assert [p.load.concurrency for p in model.served["ours-torchscript-v2"].points] == [16]
     assert model.served["ours-torchscript"].jpeg_size is not None
+    profiles = [p.cpu for served in model.served.values() for p in served.points]
+    assert all(cpu and list(cpu.ms_per_answer) == list(ROLES) for cpu in profiles)
     assert model.served["ours-onnx"].jpeg_size is None
     assert {fmt: lim.limit_after_img_per_s for fmt, lim in model.in_process.items()} == {
         "torchscript": 95.0,

@@ -18,7 +18,7 @@ import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -116,7 +116,11 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
 
 
 async def _run_point(
-    url: str, requests: Sequence[HttpRequest], concurrency: int, *timing: float
+    url: str,
+    requests: Sequence[HttpRequest],
+    concurrency: int,
+    at_window: Callable[[], object],
+    *timing: float,
 ) -> LoadPoint:
     duration_s, warmup_s, max_warmup_s, timeout_s = timing
     parts = urlsplit(url)
@@ -157,9 +161,11 @@ async def _run_point(
     # Past max_warmup_s the window opens anyway; the recorded warm-up says how long it was.
     while unanswered and time.perf_counter() - began < max_warmup_s:
         await asyncio.sleep(0.01)
+    at_window()
     window_start, cpu_start = time.perf_counter(), time.process_time()
     await asyncio.sleep(duration_s)
     window_end, cpu_s = time.perf_counter(), time.process_time() - cpu_start
+    at_window()
     stop = True
     await asyncio.gather(*tasks)
     in_window = [(s, status) for end, s, status in records if window_start <= end < window_end]
@@ -189,9 +195,11 @@ def run_point(
     warmup_s: float = 2.0,
     max_warmup_s: float = 40.0,
     timeout_s: float = 120.0,
+    at_window: Callable[[], object] = lambda: None,
 ) -> LoadPoint:
-    """One point against ``url`` (the inference address), the clients cycling ``requests``."""
+    """One point against ``url`` (the inference address), the clients cycling ``requests``;
+    ``at_window`` is called as the measured window opens and as it closes (a CPU sample)."""
     if not requests:
         raise ValueError("run_point needs at least one request")
     timing = (duration_s, warmup_s, max_warmup_s, timeout_s)
-    return asyncio.run(_run_point(url, requests, concurrency, *timing))
+    return asyncio.run(_run_point(url, requests, concurrency, at_window, *timing))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from resnet_mar.bench.results import Machine, OtherLoad
+from resnet_mar.bench.results import CpuProfile, Machine, OtherLoad
 
 PACKAGES = ("torch", "torchvision", "torchserve", "torch-model-archiver", "onnxruntime")
 PACKAGES += ("openvino", "nncf")
@@ -71,3 +71,57 @@ def other_load(before: CpuCounters, after: CpuCounters) -> OtherLoad:
     others = (after.machine_busy - before.machine_busy) - (after.ours - before.ours)
     steal = (after.steal - before.steal) / elapsed
     return OtherLoad(round(max(0.0, others) / elapsed, 2), round(steal, 2))
+
+
+#: The parts of a served point a CPU profile tells apart, each recognised by its command line:
+#: TorchServe's Java frontend, its Python workers, the doors in front of it (the forwarders and
+#: the front door), and the load generator (this process).
+ROLES = ("worker", "frontend", "doors", "load client")
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    at: float
+    machine_busy: float
+    by_role: dict[str, float]
+
+
+def role_of(command: list[str]) -> str | None:
+    line = " ".join(command)
+    if "model_service_worker" in line:
+        return "worker"
+    if "model-server.jar" in line or "org.pytorch.serve" in line:
+        return "frontend"
+    if (command and os.path.basename(command[0]) == "socat") or "resnet_mar.front_door" in line:
+        return "doors"
+    return None
+
+
+def cpu_sample(server_pids: list[int]) -> CpuSample:
+    """CPU seconds so far of the machine and of each role. A forwarder's children (one per
+    connection, in its process group) count as they run, and once they exit in their parent's
+    children times."""
+    by_role = dict.fromkeys(ROLES, 0.0)
+    for pid in server_pids:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            process = psutil.Process(pid)
+            role = role_of(process.cmdline())
+            if role is not None:
+                spent = process.cpu_times()
+                by_role[role] += spent.user + spent.system
+                if role == "doors":
+                    by_role[role] += spent.children_user + spent.children_system
+    own = psutil.Process().cpu_times()
+    by_role["load client"] = own.user + own.system
+    times = psutil.cpu_times()
+    busy = times.user + times.nice + times.system + times.irq + times.softirq
+    return CpuSample(time.monotonic(), busy, by_role)
+
+
+def cpu_profile(start: CpuSample, end: CpuSample, answers: int) -> CpuProfile:
+    elapsed = max(end.at - start.at, 1e-9)
+    per_answer = {
+        role: round((end.by_role[role] - start.by_role[role]) / max(answers, 1) * 1000, 3)
+        for role in ROLES
+    }
+    return CpuProfile(round((end.machine_busy - start.machine_busy) / elapsed, 3), per_answer)

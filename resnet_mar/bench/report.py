@@ -37,6 +37,7 @@ def render(results: Results) -> str:
         machine={**asdict(results.machine), **results.versions},
         headline_rows=headline.rows(results),
         notes=headline.notes(results),
+        cpu_rows=headline.cpu_rows(results),
         batches=sorted({b for *_, limit in limits for s in limit.img_per_s.values() for b in s}),
         jpeg_sizes={
             name: served.jpeg_size

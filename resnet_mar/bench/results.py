@@ -67,9 +67,22 @@ class OtherLoad:
 
 
 @dataclass(frozen=True)
+class CpuProfile:
+    """Where the machine's CPU went during a point's window: how many cores were busy (every
+    process) and, per answer in the window, the CPU milliseconds of each part of the server and
+    of the load generator (keys: :data:`resnet_mar.bench.machine.ROLES`)."""
+
+    busy_cores: float
+    ms_per_answer: dict[str, float]
+
+
+@dataclass(frozen=True)
 class ServedPoint:
+    """``cpu``: None in runs from before it was measured."""
+
     load: LoadPoint
     other: OtherLoad
+    cpu: CpuProfile | None = None
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from resnet_mar.bench import progress, results
 from resnet_mar.bench.archives import Workspace
 from resnet_mar.bench.load_client import LoadPoint, run_point
-from resnet_mar.bench.machine import cpu_counters, other_load
+from resnet_mar.bench.machine import CpuSample, cpu_counters, cpu_profile, cpu_sample, other_load
 from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, ServedSetup, SizedJpeg
 from resnet_mar.torchserve import RunningServer, private_server
 
@@ -43,19 +44,33 @@ class Clients:
                 run.all_busy[label] = self.all_busy(server, setup, run, names)
         progress(f"{', '.join(names)} [{label}]: server stopped")
 
-    def load(self, server: RunningServer, setup: ServedSetup, name: str, c: int) -> LoadPoint:
+    def load(
+        self,
+        server: RunningServer,
+        setup: ServedSetup,
+        name: str,
+        c: int,
+        at_window: Callable[[], object] = lambda: None,
+    ) -> LoadPoint:
         requests = setup.requests(name, self.payloads)
         timing = {"duration_s": self.settings.duration_s, "warmup_s": self.settings.warmup_s}
-        return run_point(server.endpoints.inference, requests, c, **timing)
+        return run_point(server.endpoints.inference, requests, c, at_window=at_window, **timing)
 
     def point(
         self, server: RunningServer, setup: ServedSetup, name: str, c: int
     ) -> results.ServedPoint:
         before = cpu_counters(server.group_pids())
-        point = self.load(server, setup, name, c)
+        samples: list[CpuSample] = []
+        point = self.load(
+            server, setup, name, c, lambda: samples.append(cpu_sample(server.group_pids()))
+        )
         others = other_load(before, cpu_counters(server.group_pids()))
-        progress(f"{name} [{setup.label}] {describe(point)}  other load {others.other_cores}")
-        return results.ServedPoint(point, others)
+        cpu = cpu_profile(*samples, point.requests)
+        progress(
+            f"{name} [{setup.label}] {describe(point)}  other load {others.other_cores}  "
+            f"busy cores {cpu.busy_cores:.2f}"
+        )
+        return results.ServedPoint(point, others, cpu)
 
     def all_busy(
         self, server: RunningServer, setup: ServedSetup, run: results.Results, names: list[str]
