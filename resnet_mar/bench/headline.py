@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from resnet_mar.bench.results import HeadlineRow, InProcessLimit, ModelResults, Results
-from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, STOCK, V2, ours
+from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, STOCK, V2, ours, served_setups
 
 #: Our TorchScript setup, the one the others are compared with.
 TS = ours("torchscript")
@@ -239,21 +239,15 @@ class CpuRow:
     bound_rps: float | None
 
 
-def format_of(label: str, formats: tuple[str, ...]) -> str | None:
-    """The format a served setup's archive holds; None for the stock setup."""
-    if label == V2:
-        return "torchscript"
-    return next((fmt for fmt in ("torchscript", *formats) if ours(fmt) == label), None)
-
-
 def cpu_rows(results: Results) -> list[CpuRow]:
+    formats = {s.label: s.model_format for s in served_setups(results.settings.formats)}
     found = []
     for name, model in results.models.items():
         for label in model.served:
             point = model.point(label, HEADLINE_CONCURRENCY)
             if point is None or point.cpu is None or not point.load.requests:
                 continue
-            fmt = format_of(label, results.settings.formats)
+            fmt = formats.get(label) if label != STOCK else None  # stock preprocesses otherwise
             limit = model.in_process.get(fmt) if fmt else None
             work = bound = None
             if limit and model.preprocessing_ms is not None:

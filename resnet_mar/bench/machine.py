@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import time
+import typing
 from dataclasses import dataclass
 
 import psutil
@@ -59,10 +60,19 @@ def cpu_counters(server_pids: list[int] = ()) -> CpuCounters:
     times, ours = psutil.cpu_times(), 0.0
     for pid in [os.getpid(), *server_pids]:
         with contextlib.suppress(psutil.NoSuchProcess):
-            spent = psutil.Process(pid).cpu_times()
-            ours += spent.user + spent.system
-    busy = times.user + times.nice + times.system + times.irq + times.softirq
-    return CpuCounters(time.monotonic(), busy, times.steal, ours)
+            ours += _cpu_seconds(psutil.Process(pid))
+    return CpuCounters(time.monotonic(), _busy(times), times.steal, ours)
+
+
+def _busy(times: typing.Any) -> float:
+    """The CPU seconds in ``psutil.cpu_times()`` that some process (or interrupt) used."""
+    return times.user + times.nice + times.system + times.irq + times.softirq
+
+
+def _cpu_seconds(process: psutil.Process, children: bool = False) -> float:
+    spent = process.cpu_times()
+    own = spent.user + spent.system
+    return own + spent.children_user + spent.children_system if children else own
 
 
 def other_load(before: CpuCounters, after: CpuCounters) -> OtherLoad:
@@ -107,15 +117,9 @@ def cpu_sample(server_pids: list[int]) -> CpuSample:
             process = psutil.Process(pid)
             role = role_of(process.cmdline())
             if role is not None:
-                spent = process.cpu_times()
-                by_role[role] += spent.user + spent.system
-                if role == "doors":
-                    by_role[role] += spent.children_user + spent.children_system
-    own = psutil.Process().cpu_times()
-    by_role["load client"] = own.user + own.system
-    times = psutil.cpu_times()
-    busy = times.user + times.nice + times.system + times.irq + times.softirq
-    return CpuSample(time.monotonic(), busy, by_role)
+                by_role[role] += _cpu_seconds(process, children=role == "doors")
+    by_role["load client"] = _cpu_seconds(psutil.Process())
+    return CpuSample(time.monotonic(), _busy(psutil.cpu_times()), by_role)
 
 
 def cpu_profile(start: CpuSample, end: CpuSample, answers: int) -> CpuProfile:
