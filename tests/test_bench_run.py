@@ -57,6 +57,11 @@ def servers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str], dict[
 
     monkeypatch.setattr(cli, "build_and_archive", built)
     monkeypatch.setattr(cli, "archive_stock", lambda *_: None)
+    monkeypatch.setattr(
+        cli,
+        "archive_floor",
+        lambda work, config: started.append(("archived floor", [config.parent.name], {})),
+    )
     monkeypatch.setattr(cli, "gflop_per_image", lambda *_: 2.0)
     monkeypatch.setattr(cli, "fp32_matmul_peak", lambda: MatmulPeak(400.0, 64, 2, 5, IDLE))
     monkeypatch.setattr(cli, "preprocessing_cost", lambda *_: 2.0)
@@ -75,13 +80,19 @@ def test_a_run_fills_every_figure_and_writes_its_outputs(
     )
     results = cli.run(args)
     assert [(folder, names) for folder, names, _ in servers] == [
+        ("archived floor", ["resnet18"]),  # with resnet18's serving settings
         ("torchscript", ["resnet18", "resnet50"]),  # ours
         ("torchscript", ["resnet18", "resnet50"]),  # the same, over v2
         ("torchscript", ["resnet18"]),  # stock, one server per model
         ("torchscript", ["resnet50"]),
         ("onnx", ["resnet18", "resnet50"]),
+        ("floor", ["floor"]),  # the empty handler, served as ours are
     ]
-    assert not servers[2][2]["isolated"] and servers[2][2]["worker_environment"] == {}
+    assert not servers[3][2]["isolated"] and servers[3][2]["worker_environment"] == {}
+    assert servers[-1][2]["isolated"] and servers[-1][2]["worker_environment"]
+    floor = results.protocol_floor
+    assert floor and floor.load.concurrency == 16 and floor.cpu
+    assert list(floor.cpu.ms_per_answer) == list(ROLES)
     model = results.models["resnet50"]
     assert list(model.served) == ["ours-torchscript", "ours-torchscript-v2", "stock", "ours-onnx"]
     assert [p.load.concurrency for p in model.served["ours-torchscript-v2"].points] == [16]

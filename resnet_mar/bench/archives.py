@@ -1,5 +1,5 @@
-"""Building what the setups serve: our archives (``archive.sh``, as ``make archive`` packs them)
-and the stock archives of the same serialized files."""
+"""Building what the setups serve: our archives (``archive.sh``, as ``make archive`` packs them),
+the stock archives of the same serialized files, and the empty handler's archive (the floor)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnet_mar.bench import progress
+import yaml
+
+from resnet_mar.bench import floor_handler, progress
 from resnet_mar.bench.setups import UNTRAINED_INT8_GATE
 from resnet_mar.build import BuildRequest, build_model
 from resnet_mar.export import EXPORTERS, JIT_DEPRECATION
 from resnet_mar.torchserve import REPO_ROOT
 from resnet_mar.weights import UNTRAINED
+
+#: The empty handler's archive, its model name and the folder of its store.
+FLOOR = "floor"
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ class Workspace:
 
     def clean(self) -> None:
         """Remove what an earlier run left (only the folders this class names)."""
-        for folder in (*EXPORTERS, "stock", "servers"):
+        for folder in (*EXPORTERS, "stock", FLOOR, "servers"):
             shutil.rmtree(self.root / folder, ignore_errors=True)
 
 
@@ -75,6 +80,23 @@ def archive_stock(work: Workspace, model_format: str, models: list[str]) -> None
         command += ["--serialized-file", str(serialized), "--handler", "image_classifier"]
         command += ["--extra-files", str(build / name / "index_to_name.json")]
         run_quietly([*command, "--export-path", str(store)])
+
+
+def archive_floor(work: Workspace, model_config: Path) -> None:
+    """The empty handler (floor_handler.py) with the serving settings of our ``model_config``
+    (workers, batching, queue; its handler section dropped), so that TorchServe batches and
+    queues for it as for our models."""
+    settings = yaml.safe_load(model_config.read_text())
+    settings.pop("handler")
+    store = work.store(FLOOR)
+    store.mkdir(parents=True, exist_ok=True)
+    config = store.parent / "model-config.yaml"
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    progress(f"archiving {FLOOR} (the empty handler, {model_config.name}'s serving settings)")
+    archiver = Path(sys.executable).with_name("torch-model-archiver")
+    command = [str(archiver), "--model-name", FLOOR, "--version", "1.0", "--force"]
+    command += ["--handler", floor_handler.__file__, "--config-file", str(config)]
+    run_quietly([*command, "--export-path", str(store)])
 
 
 def run_quietly(command: list[str]) -> None:

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import resnet_mar.bench
 from resnet_mar.bench import elapsed_s, headline, progress
-from resnet_mar.bench.archives import Workspace, archive_stock, build_and_archive
+from resnet_mar.bench.archives import (
+    Workspace,
+    archive_floor,
+    archive_stock,
+    build_and_archive,
+)
 from resnet_mar.bench.limit import (
     at_best_batch,
     fp32_matmul_peak,
@@ -45,7 +50,8 @@ FORMATS = ("onnx", "openvino", "int8")
 def run(args: argparse.Namespace) -> Results:
     """Every build, GFLOP, preprocessing cost, the FP32 peak and every limit first, while no
     server runs (the peak right before the limits it is the yardstick of); then each served
-    setup in order, a format's limit measured again right after it (the machine's speed drifts)."""
+    setup in order, a format's limit measured again right after it (the machine's speed drifts);
+    last, the empty handler (what TorchServe costs per answer by itself)."""
     started, load_start = time.strftime("%Y-%m-%d %H:%M:%S %Z"), load_average()
     formats = ["torchscript"] + [f for f in args.formats if f in EXPORTERS and f != "torchscript"]
     progress(f"load average {load_start}; formats: {', '.join(formats)}")
@@ -57,6 +63,7 @@ def run(args: argparse.Namespace) -> Results:
     for setup in setups:
         if setup.stock:
             archive_stock(work, setup.model_format, args.models)
+    archive_floor(work, work.build("torchscript") / args.models[0] / "model-config.yaml")
     models = {}
     for name in args.models:
         config = work.build("torchscript") / name / "model-config.yaml"
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> Results:
             again = at_best_batch(path, fmt, photos, first.best_batch, first.best_layout)
             models[name].in_process[fmt] = replace(first, limit_after_img_per_s=again)
             progress(f"{name}: in-process limit of {path.name} again: {again:.1f} img/s")
+    results.protocol_floor = clients.protocol_floor()
     results.load_end = load_average()
     results.wall_time_s = round(elapsed_s(), 1)
     results.headline = headline.rows(results)

@@ -9,13 +9,14 @@ from pathlib import Path
 import jinja2
 
 from resnet_mar import quantization
-from resnet_mar.bench import headline, setups
+from resnet_mar.bench import floor_handler, headline, setups
 from resnet_mar.bench.headline import shown
 from resnet_mar.bench.results import Results
 from resnet_mar.worker_environment import WORKER_ENVIRONMENT
 
 #: Block tags on lines of their own leave no line behind; ``f`` formats a figure by a spec. The
-#: template reads the modules ``headline``, ``setups`` and ``quantization`` for their names.
+#: template reads the modules ``headline``, ``setups``, ``quantization`` and ``floor_handler`` for
+#: their names.
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent),
     undefined=jinja2.StrictUndefined,
@@ -25,6 +26,7 @@ TEMPLATES = jinja2.Environment(
 )
 TEMPLATES.filters.update(f=format, shown=shown)
 TEMPLATES.globals.update(headline=headline, setups=setups, quantization=quantization)
+TEMPLATES.globals.update(floor_handler=floor_handler)
 TEMPLATES.globals.update(environment=WORKER_ENVIRONMENT)
 
 

@@ -218,6 +218,8 @@ class Results:
     fp32_peak: MatmulPeak
     models: dict[str, ModelResults]
     all_busy: dict[str, AllBusy] = field(default_factory=dict)
+    #: The empty handler at the headline concurrency (floor_handler.py); None in older runs.
+    protocol_floor: ServedPoint | None = None
     load_end: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
     headline: list[HeadlineRow] = field(default_factory=list)

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from resnet_mar.bench import progress, results
-from resnet_mar.bench.archives import Workspace
+from resnet_mar.bench.archives import FLOOR, Workspace
 from resnet_mar.bench.load_client import LoadPoint, run_point
 from resnet_mar.bench.machine import CpuSample, cpu_counters, cpu_profile, cpu_sample, other_load
 from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, ServedSetup, SizedJpeg
@@ -43,6 +43,17 @@ class Clients:
             if setup.all_busy_then_limit and len(names) > 1:
                 run.all_busy[label] = self.all_busy(server, setup, run, names)
         progress(f"{', '.join(names)} [{label}]: server stopped")
+
+    def protocol_floor(self) -> results.ServedPoint:
+        """The empty handler's archive, served as ours are, at the headline concurrency: the
+        second of two points, so that the Java frontend's first minute (its JIT compiling, 3-4x
+        the CPU per answer) does not count; the floor this gives is the lower for it."""
+        setup = ServedSetup(FLOOR, FLOOR)
+        progress(f"{FLOOR} [empty handler]: starting TorchServe")
+        store, folder = self.work.store(FLOOR), self.work.server(FLOOR)
+        with private_server(store, [FLOOR], workdir=folder, **setup.server()) as server:
+            self.point(server, setup, FLOOR, HEADLINE_CONCURRENCY)
+            return self.point(server, setup, FLOOR, HEADLINE_CONCURRENCY)
 
     def load(
         self,
