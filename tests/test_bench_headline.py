@@ -347,8 +347,8 @@ def test_where_the_cpu_goes_at_the_headline_concurrency() -> None:
         "| 90.9 | not measured |" in report
     )
     assert (
-        "TorchServe's own CPU per answer (the empty handler) was not measured in this run."
-        in report
+        "TorchServe's own CPU per answer (the empty handler's): not measured in this run, or it "
+        "answered nothing." in report
     )
 
     floor_cpu = CpuProfile(0.4, {"worker": 0.1, "frontend": 0.8, "doors": 0.1, "load client": 0.0})
@@ -356,6 +356,11 @@ def test_where_the_cpu_goes_at_the_headline_concurrency() -> None:
         without_floor, protocol_floor=ServedPoint(load(16, 320.0), IDLE, floor_cpu)
     )
     assert headline.floor_ms(with_floor) == pytest.approx(1.0)
+    unanswered = ServedPoint(load(16, 0.0, errors=16), IDLE, floor_cpu)
+    assert headline.floor_ms(replace(with_floor, protocol_floor=unanswered)) is None
+    assert "(the empty handler's): not measured" in render(
+        replace(with_floor, protocol_floor=unanswered)
+    )
     (found,) = headline.cpu_rows(with_floor)
     assert found.through_torchserve_rps == pytest.approx(2000 / 23)
     report = render(with_floor)
