@@ -60,10 +60,13 @@ def test_the_floor_archive_has_our_serving_settings_and_no_handler_section(
 
 
 @pytest.mark.integration
-def test_the_floor_served_as_ours_gives_a_cpu_profile(tmp_path: Path) -> None:
+def test_the_floor_served_as_ours_gives_a_cpu_profile(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """Through the same server set-up as ours (doors, config.properties, worker environment),
-    every request is answered and the point carries each part's CPU per answer."""
-    work = Workspace(tmp_path / "work")
+    every request is answered and the point carries each part's CPU per answer. The workspace
+    has a short path: the server's unix sockets live in it."""
+    work = Workspace(tmp_path_factory.mktemp("floor"))
     archive_floor(work, write_model_config(tmp_path / "build" / "model-config.yaml"))
     settings = Settings(("torchscript",), (16,), duration_s=2.0, warmup_s=0.5, int8_gate=None)
     point = Clients(work, [b"\xff\xd8 not decoded"], {}, settings).protocol_floor()
