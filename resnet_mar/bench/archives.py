@@ -36,6 +36,11 @@ class Workspace:
     def store(self, model_format: str, stock: bool = False) -> Path:
         return self.root / ("stock" if stock else "") / model_format / "model_store"
 
+    def model_config(self, name: str) -> Path:
+        """The model-config.yaml the TorchScript build wrote for ``name``: its preprocessing and
+        serving settings, which every format shares."""
+        return self.build("torchscript") / name / "model-config.yaml"
+
     def server(self, label: str) -> Path:
         return self.root / "servers" / label
 

@@ -63,12 +63,11 @@ def run(args: argparse.Namespace) -> Results:
     for setup in setups:
         if setup.stock:
             archive_stock(work, setup.model_format, args.models)
-    archive_floor(work, work.build("torchscript") / args.models[0] / "model-config.yaml")
+    archive_floor(work, work.model_config(args.models[0]))
     models = {}
     for name in args.models:
-        config = work.build("torchscript") / name / "model-config.yaml"
         model = models[name] = ModelResults(gflop_per_image(name, photos[0]))
-        model.preprocessing_ms = preprocessing_cost(config, payloads)
+        model.preprocessing_ms = preprocessing_cost(work.model_config(name), payloads)
         progress(
             f"{name}: {model.gflop_per_image} GFLOP per image; exact preprocessing costs "
             f"{model.preprocessing_ms:.2f} ms of CPU per photo"
