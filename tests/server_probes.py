@@ -43,14 +43,23 @@ def java_pid(server: RunningServer) -> int:
     return int((server.folder.tmp / ".model_server.pid").read_text().strip())
 
 
+def open_files(pid: int) -> list[str]:
+    """What each of a process's descriptors points at. A live server opens and closes files
+    while we list them: a descriptor gone before it is read held nothing worth checking."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            found.append(os.readlink(fd))
+        except FileNotFoundError:
+            continue
+    return found
+
+
 def socket_inodes(pid: int) -> set[str]:
     """The inodes of every socket a process holds open."""
-    found = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
-        if target.startswith("socket:["):
-            found.add(target[len("socket:[") : -1])
-    return found
+    return {
+        target[len("socket:[") : -1] for target in open_files(pid) if target.startswith("socket:[")
+    }
 
 
 def listening_tcp(net_dir: Path) -> dict[str, int]:

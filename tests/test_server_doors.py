@@ -23,7 +23,14 @@ from PIL import Image
 from resnet_mar.server_doors import REPO_ROOT
 from resnet_mar.torchserve import RunningServer
 from tests.reference import assert_same_answer, reference_answer
-from tests.server_probes import java_pid, listening_tcp, peak_rss_mb, socket_inodes, worker_pids
+from tests.server_probes import (
+    java_pid,
+    listening_tcp,
+    open_files,
+    peak_rss_mb,
+    socket_inodes,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -184,8 +191,7 @@ def test_worker_sockets_and_extracted_archives_stay_in_the_servers_folder(
     shared = Path("/tmp").resolve()
     ours = (server.folder.root, REPO_ROOT, Path(sys.prefix).resolve())  # a checkout in /tmp too
     for pid in [java_pid(server), *pids]:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            target = os.readlink(fd)
+        for target in open_files(pid):
             if target.startswith("/"):
                 path = Path(target)
                 in_shared = shared in path.parents
