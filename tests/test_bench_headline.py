@@ -23,6 +23,7 @@ from resnet_mar.bench.machine import CpuSample, cpu_profile, role_of
 from resnet_mar.bench.report import render
 from resnet_mar.bench.results import (
     AllBusy,
+    BoundBeside,
     BusyModel,
     CpuProfile,
     HeadlineRow,
@@ -385,3 +386,33 @@ def test_the_cpu_of_each_part_of_the_server_by_its_command_line() -> None:
     assert profile.ms_per_answer == {
         "worker": 20.0, "frontend": 1.25, "doors": 0.5, "load client": 0.25
     }  # fmt: skip
+
+
+def test_the_bound_measured_beside_the_headline_point_is_the_one_held_to() -> None:
+    """int8 served at 140 req/s. Its bound from the start is 1 / (1/250 + 0.002/2) = 200 img/s
+    (0.70: FAIL); measured beside its point the limit was 180 and 220 img/s and preprocessing
+    3.0 and 3.0 ms, a bound of 1 / (1/200 + 0.003/2) = 153.8 (0.91: PASS). The model work in
+    the CPU table comes from the same figures: 3 + 2 x 1000 / 200 = 13 ms."""
+    slower = model(int8_rps=140.0)
+    sweep = slower.served["ours-int8"]
+    points = tuple(
+        replace(p, cpu=CpuProfile(1.9, {"worker": 12.0})) if p.load.concurrency == 16 else p
+        for p in sweep.points
+    )
+    beside = BoundBeside((180.0, 220.0), (3.0, 3.0), IDLE)
+    without = run({"resnet18": slower}, EVERY_FORMAT)
+    assert row(headline.rows(without), INT8_PREPROCESSING).value == 0.7
+    slower.served["ours-int8"] = replace(sweep, points=points, bound_beside=beside)
+    results = run({"resnet18": slower}, EVERY_FORMAT)
+    found = row(headline.rows(results), INT8_PREPROCESSING)
+    assert (found.value, found.passed) == (0.91, True)
+    (int8,) = [r for r in headline.cpu_rows(results) if r.label == "ours-int8"]
+    assert (int8.model_work_ms, int8.bound_rps) == (13.0, pytest.approx(2000 / 13))
+    assert (
+        "resnet18: int8 bound measured right before and after the c16 point: limit 180.0 and "
+        "220.0 img/s, exact preprocessing 3.00 and 3.00 ms per photo; bound 153.8 img/s (77% of "
+        "the one from the start); served c16 / it = 0.91 (the headline's)" in notes(results)
+    )
+    report = render(results).splitlines()
+    limits = "| resnet18 | int8 | 250.0 | batch 8, contiguous | 10.0 | 0.00 | 180.0, 220.0 | 3.00, "
+    assert limits + "3.00 |" in report

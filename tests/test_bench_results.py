@@ -85,7 +85,6 @@ def test_limit_batch_sizes_are_numbers_in_results_and_keys_in_json() -> None:
     )
     data = json.loads(json.dumps(asdict(limit)))
     assert data["img_per_s"]["channels_last"] == {"1": 78.8, "16": 131.2}
-    assert data["limit_after_img_per_s"] is None  # not measured (yet)
     assert from_dict(InProcessLimit, data) == limit
 
 
@@ -164,7 +163,7 @@ def test_served_setups_in_measuring_order() -> None:
         "isolated": True,
     }
     assert [s.jpeg_sizes for s in setups] == [True, False, False, False, False, False]
-    assert [s.all_busy_then_limit for s in setups] == [True, False, False, True, True, True]
+    assert [s.bound_and_all_busy for s in setups] == [True, False, False, True, True, True]
     assert all(s.concurrencies is None for s in setups if s is not v2)
     assert [s.model_format for s in setups[3:]] == ["onnx", "openvino", "int8"]
     assert not any(s.stock for s in setups if s is not stock)

@@ -19,7 +19,7 @@ import pytest
 from resnet_mar.bench import cli, served
 from resnet_mar.bench.load_client import HttpRequest, Latency, LoadPoint
 from resnet_mar.bench.machine import ROLES
-from resnet_mar.bench.results import MatmulPeak, Results, from_dict
+from resnet_mar.bench.results import BoundBeside, MatmulPeak, Results, from_dict
 from tests.bench_runs import IDLE, limit
 
 
@@ -64,10 +64,21 @@ def servers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str], dict[
     )
     monkeypatch.setattr(cli, "gflop_per_image", lambda *_: 2.0)
     monkeypatch.setattr(cli, "fp32_matmul_peak", lambda: MatmulPeak(400.0, 64, 2, 5, IDLE))
-    monkeypatch.setattr(cli, "preprocessing_cost", lambda *_: 2.0)
+    # 2 ms per photo at the start, 2.5 once the servers run (measured beside their points)
+    monkeypatch.setattr(cli, "preprocessing_cost", lambda *_: 2.5 if points else 2.0)
     monkeypatch.setattr(cli, "in_process_limit", lambda *_: limit(100.0, one_thread=50.0))
-    monkeypatch.setattr(cli, "at_best_batch", lambda *_: 95.0)
-    monkeypatch.setattr(served, "run_point", fake_point)
+
+    def at_best_batch(path: Path, fmt: str, *_: Any) -> float:
+        started.append(("bound", [path.stem, fmt], {"after points": len(points)}))
+        return 95.0
+
+    def run_point(url: str, requests: list[HttpRequest], c: int, **how: Any) -> LoadPoint:
+        points.append(c)
+        return fake_point(url, requests, c, **how)
+
+    points: list[int] = []
+    monkeypatch.setattr(cli, "at_best_batch", at_best_batch)
+    monkeypatch.setattr(served, "run_point", run_point)
     monkeypatch.setattr(served, "private_server", private_server)
     return started
 
@@ -79,6 +90,8 @@ def test_a_run_fills_every_figure_and_writes_its_outputs(
         ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--formats", "onnx"]
     )
     results = cli.run(args)
+    bounds = [(names, how["after points"]) for what, names, how in servers if what == "bound"]
+    servers[:] = [server for server in servers if server[0] != "bound"]
     assert [(folder, names) for folder, names, _ in servers] == [
         ("archived floor", ["resnet18"]),  # with resnet18's serving settings
         ("torchscript", ["resnet18", "resnet50"]),  # ours
@@ -100,10 +113,19 @@ def test_a_run_fills_every_figure_and_writes_its_outputs(
     profiles = [p.cpu for served in model.served.values() for p in served.points]
     assert all(cpu and list(cpu.ms_per_answer) == list(ROLES) for cpu in profiles)
     assert model.served["ours-onnx"].jpeg_size is None
-    assert {fmt: lim.limit_after_img_per_s for fmt, lim in model.in_process.items()} == {
-        "torchscript": 95.0,
-        "onnx": 95.0,
-    }
+    # the bound measured again right before and after the headline point of our setups only
+    beside = {label: served.bound_beside for label, served in model.served.items()}
+    assert beside["ours-onnx"] == BoundBeside((95.0, 95.0), (2.5, 2.5), IDLE)
+    assert beside["ours-torchscript"] == beside["ours-onnx"]
+    assert beside["stock"] is None and beside["ours-torchscript-v2"] is None
+    # ours-torchscript: resnet18's points at 1, 4, 16, 64, a JPEG pair, then resnet50's
+    assert bounds[:4] == [
+        (["resnet18", "torchscript"], 2),  # after the points at 1 and 4 clients
+        (["resnet18", "torchscript"], 3),  # after the one at 16
+        (["resnet50", "torchscript"], 8),
+        (["resnet50", "torchscript"], 9),
+    ]
+    assert len(bounds) == 2 * 2 * 2  # before and after, two models, two formats
     assert (model.gflop_per_image, model.preprocessing_ms) == (2.0, 2.0)
     assert list(results.all_busy) == ["ours-torchscript", "ours-onnx"]
     assert results.all_busy["ours-onnx"].shares_sum == 2.0  # each as fast as alone (faked)

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import resnet_mar.bench
@@ -50,8 +50,9 @@ FORMATS = ("onnx", "openvino", "int8")
 def run(args: argparse.Namespace) -> Results:
     """Every build, GFLOP, preprocessing cost, the FP32 peak and every limit first, while no
     server runs (the peak right before the limits it is the yardstick of); then each served
-    setup in order, a format's limit measured again right after it (the machine's speed drifts);
-    last, the empty handler (what TorchServe costs per answer by itself)."""
+    setup in order, our setups' headline points between two measurements of the bound (the
+    machine's speed drifts); last, the empty handler (what TorchServe costs per answer by
+    itself)."""
     started, load_start = time.strftime("%Y-%m-%d %H:%M:%S %Z"), load_average()
     formats = ["torchscript"] + [f for f in args.formats if f in EXPORTERS and f != "torchscript"]
     progress(f"load average {load_start}; formats: {', '.join(formats)}")
@@ -83,15 +84,16 @@ def run(args: argparse.Namespace) -> Results:
         for name, path in files[fmt].items():
             progress(f"{name}: in-process limit of {path.name}")
             models[name].in_process[fmt] = in_process_limit(path, fmt, photos)
-    clients = Clients(work, payloads, size_test_payloads(), settings)
+
+    def bound_now(name: str, fmt: str) -> tuple[float, float]:
+        first = models[name].in_process[fmt]
+        path = files[fmt][name]
+        limit = at_best_batch(path, fmt, photos, first.best_batch, first.best_layout)
+        return limit, preprocessing_cost(work.model_config(name), payloads)
+
+    clients = Clients(work, payloads, size_test_payloads(), settings, bound_now)
     for setup in setups:
         clients.measure(setup, results)
-        fmt = setup.model_format
-        for name, path in files[fmt].items() if setup.all_busy_then_limit else ():
-            first = models[name].in_process[fmt]
-            again = at_best_batch(path, fmt, photos, first.best_batch, first.best_layout)
-            models[name].in_process[fmt] = replace(first, limit_after_img_per_s=again)
-            progress(f"{name}: in-process limit of {path.name} again: {again:.1f} img/s")
     results.protocol_floor = clients.protocol_floor()
     results.load_end = load_average()
     results.wall_time_s = round(elapsed_s(), 1)

@@ -100,10 +100,25 @@ class JpegSizes:
 
 
 @dataclass(frozen=True)
+class BoundBeside:
+    """The exact-preprocessing bound's figures measured again right before and right after a
+    setup's headline point (in this process, at the limit's batch and layout, while the server
+    idles): the speed of this machine moves by tens of percent within minutes, so the served
+    figure is held to the bound of its own minute, the mean of the two."""
+
+    limit_img_per_s: tuple[float, ...]
+    preprocessing_ms: tuple[float, ...]
+    other: OtherLoad
+
+
+@dataclass(frozen=True)
 class ServedModel:
+    """``bound_beside``: None for setups not held to the bound, and in older runs."""
+
     startup_s: float
     points: tuple[ServedPoint, ...]
     jpeg_size: JpegSizes | None = None
+    bound_beside: BoundBeside | None = None
 
     def at(self, concurrency: int) -> ServedPoint | None:
         return next((p for p in self.points if p.load.concurrency == concurrency), None)
@@ -128,8 +143,7 @@ class AllBusy:
 @dataclass(frozen=True)
 class InProcessLimit:
     """The served file in this process, inference only: img/s at each layout and batch on all
-    cores, the best of them (the limit), and on one thread at the limit's batch and layout.
-    ``limit_after_img_per_s``: the limit measured again after serving (None until then)."""
+    cores, the best of them (the limit), and on one thread at the limit's batch and layout."""
 
     file: str
     threads: int
@@ -141,7 +155,6 @@ class InProcessLimit:
     batch1_latency_ms: float
     one_thread_img_per_s: float
     other: OtherLoad
-    limit_after_img_per_s: float | None = None
 
 
 @dataclass

@@ -14,6 +14,10 @@ from resnet_mar.bench.machine import CpuSample, cpu_counters, cpu_profile, cpu_s
 from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, ServedSetup, SizedJpeg
 from resnet_mar.torchserve import RunningServer, private_server
 
+#: A model's in-process limit (img/s, at its batch and layout) and exact preprocessing's CPU
+#: per photo (ms), measured now: its name and format -> the two figures.
+BoundNow = Callable[[str, str], tuple[float, float]]
+
 
 @dataclass(frozen=True)
 class Clients:
@@ -21,6 +25,7 @@ class Clients:
     payloads: list[bytes]
     sizes: dict[str, SizedJpeg]
     settings: results.Settings
+    bound_now: BoundNow
 
     def measure(self, setup: ServedSetup, run: results.Results) -> None:
         """Every model of ``run``: ours from one server, stock from one server per model."""
@@ -37,10 +42,17 @@ class Clients:
             progress(f"{', '.join(names)} [{label}]: READY after {startup_s} s")
             for name in names:
                 concurrencies = setup.concurrencies or self.settings.concurrencies
-                points = tuple(self.point(server, setup, name, c) for c in concurrencies)
+                points, beside = [], []
+                for c in concurrencies:
+                    bracketed = setup.bound_and_all_busy and c == HEADLINE_CONCURRENCY
+                    beside += [self.bound(server, setup, name)] if bracketed else []
+                    points.append(self.point(server, setup, name, c))
+                    beside += [self.bound(server, setup, name)] if bracketed else []
                 sizes = self.jpeg_sizes(server, setup, name) if setup.jpeg_sizes else None
-                run.models[name].served[label] = results.ServedModel(startup_s, points, sizes)
-            if setup.all_busy_then_limit and len(names) > 1:
+                run.models[name].served[label] = results.ServedModel(
+                    startup_s, tuple(points), sizes, bound_beside(beside)
+                )
+            if setup.bound_and_all_busy and len(names) > 1:
                 run.all_busy[label] = self.all_busy(server, setup, run, names)
         progress(f"{', '.join(names)} [{label}]: server stopped")
 
@@ -54,6 +66,20 @@ class Clients:
         with private_server(store, [FLOOR], workdir=folder, **setup.server()) as server:
             self.point(server, setup, FLOOR, HEADLINE_CONCURRENCY)
             return self.point(server, setup, FLOOR, HEADLINE_CONCURRENCY)
+
+    def bound(
+        self, server: RunningServer, setup: ServedSetup, name: str
+    ) -> tuple[float, float, results.OtherLoad]:
+        """The bound's figures now, in this process, while the server idles (its CPU is not
+        counted as other load)."""
+        before = cpu_counters(server.group_pids())
+        limit, preprocessing = self.bound_now(name, setup.model_format)
+        others = other_load(before, cpu_counters(server.group_pids()))
+        progress(
+            f"{name} [{setup.label}] bound now: limit {limit:.1f} img/s, exact preprocessing "
+            f"{preprocessing:.2f} ms per photo  other load {others.other_cores}"
+        )
+        return limit, preprocessing, others
 
     def load(
         self,
@@ -113,6 +139,17 @@ class Clients:
             progress(f"{name} {which} JPEG {jpeg.pixels}: {describe(point)}")
         ratio = found["large"].load.latency_ms.p50 / found["small"].load.latency_ms.p50
         return results.JpegSizes(found["small"], found["large"], round(ratio, 2))
+
+
+def bound_beside(
+    measured: list[tuple[float, float, results.OtherLoad]],
+) -> results.BoundBeside | None:
+    """The figures measured around the headline point, with the busier of their other loads."""
+    if not measured:
+        return None
+    limits, preprocessing, others = zip(*measured, strict=True)
+    busiest = max(others, key=lambda other: other.other_cores)
+    return results.BoundBeside(limits, preprocessing, busiest)
 
 
 def describe(point: LoadPoint) -> str:

@@ -87,9 +87,9 @@ class ServedSetup:
     concurrencies: tuple[int, ...] | None = None
     #: Time a 12-megapixel JPEG against a 0.3-megapixel one at concurrency 1.
     jpeg_sizes: bool = False
-    #: Load every model of the server at once after the sweep, then measure the format's
-    #: in-process limit again.
-    all_busy_then_limit: bool = False
+    #: Measure the exact-preprocessing bound again right before and right after each model's
+    #: headline point, and load every model of the server at once after the sweep.
+    bound_and_all_busy: bool = False
 
     def server(self) -> dict[str, Any]:
         """``private_server``'s options: stock without the environment the benchmark runs with."""
@@ -109,7 +109,7 @@ def served_setups(formats: Sequence[str]) -> list[ServedSetup]:
     setups = []
     for fmt in formats:
         setups.append(
-            ServedSetup(ours(fmt), fmt, jpeg_sizes=fmt == "torchscript", all_busy_then_limit=True)
+            ServedSetup(ours(fmt), fmt, jpeg_sizes=fmt == "torchscript", bound_and_all_busy=True)
         )
         if fmt == "torchscript":
             setups.append(
