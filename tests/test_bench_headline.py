@@ -27,6 +27,7 @@ from resnet_mar.bench.results import (
     BusyModel,
     CpuProfile,
     HeadlineRow,
+    OtherLoad,
     Results,
     ServedModel,
     ServedPoint,
@@ -283,6 +284,10 @@ def test_the_arithmetic_behind_the_notes() -> None:
 
 def test_the_peak_counts_in_the_other_load(measured: Results) -> None:
     assert busiest_other(measured) == 0.03  # the peak's; every other measurement was idle
+    served = measured.models["resnet18"].served
+    busy = BoundBeside((250.0, 250.0), (2.0, 2.0), OtherLoad(0.2, 0.0))
+    served["ours-int8"] = replace(served["ours-int8"], bound_beside=busy)
+    assert busiest_other(measured) == 0.2  # and the bound's, measured beside a point
 
 
 def test_the_report_renders_the_arithmetic_and_v2_sections_with_values(measured: Results) -> None:
@@ -323,7 +328,8 @@ def test_v2_against_a_predictions_point_without_answers(measured: Results) -> No
 
 
 def test_where_the_cpu_goes_at_the_headline_concurrency() -> None:
-    """ours-torchscript at 90 req/s with 1.8 cores busy, 20 ms of CPU per answer: every core
+    """ours-torchscript at 90 req/s with 1.8 cores busy (0.2 x 1000 / 90 = 2.22 ms of idle
+    cores per answer), 20 ms of CPU per answer: every core
     busy would give 2 x 1000 / 20 = 100 req/s, above its bound 1 / (1/100 + 0.002/2) = 90.9;
     its model work is 2 ms of preprocessing + 2 cores / 100 img/s = 22 ms. The empty handler
     costs 0.1 + 0.8 + 0.1 + 0.0 = 1 ms per answer, so no handler passes 2 x 1000 / (22 + 1) =
@@ -340,12 +346,13 @@ def test_where_the_cpu_goes_at_the_headline_concurrency() -> None:
     (found,) = headline.cpu_rows(without_floor)
     assert (found.label, found.rps, found.busy_cores) == ("ours-torchscript", 90.0, 1.8)
     assert found.model_work_ms == pytest.approx(22.0)
+    assert found.idle_ms == pytest.approx(200 / 90)  # 0.2 cores idle over 90 answers a second
     assert (found.ceiling_rps, found.bound_rps) == (pytest.approx(100.0), pytest.approx(1000 / 11))
     assert found.through_torchserve_rps is None
     report = render(without_floor).splitlines()
     assert (
-        "| resnet18 | ours-torchscript | 90.0 | 1.80 | 18.00 | 1.00 | 0.50 | 0.50 | 22.00 | 100.0 "
-        "| 90.9 | not measured |" in report
+        "| resnet18 | ours-torchscript | 90.0 | 1.80 | 18.00 | 1.00 | 0.50 | 0.50 | 2.22 | 22.00 "
+        "| 100.0 | 90.9 | not measured |" in report
     )
     assert (
         "TorchServe's own CPU per answer (the empty handler's): not measured in this run, or it "
@@ -406,6 +413,8 @@ def test_the_bound_measured_beside_the_headline_point_is_the_one_held_to() -> No
     results = run({"resnet18": slower}, EVERY_FORMAT)
     found = row(headline.rows(results), INT8_PREPROCESSING)
     assert (found.value, found.passed) == (0.91, True)
+    # the limit alone too: 140 / 200 (the mean beside), not 140 / 250 (the start's)
+    assert row(headline.rows(results), "served c16 / in-process limit (int8)").value == 0.7
     (int8,) = [r for r in headline.cpu_rows(results) if r.label == "ours-int8"]
     assert (int8.model_work_ms, int8.bound_rps) == (13.0, pytest.approx(2000 / 13))
     assert (

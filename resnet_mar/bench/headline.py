@@ -16,7 +16,13 @@ from pathlib import Path
 from statistics import fmean
 from typing import Literal
 
-from resnet_mar.bench.results import HeadlineRow, InProcessLimit, ModelResults, Results
+from resnet_mar.bench.results import (
+    BoundBeside,
+    HeadlineRow,
+    InProcessLimit,
+    ModelResults,
+    Results,
+)
 from resnet_mar.bench.setups import HEADLINE_CONCURRENCY, STOCK, V2, ours, served_setups
 
 #: Our TorchScript setup, the one the others are compared with.
@@ -52,26 +58,29 @@ def served_rps(model: ModelResults, label: str) -> float | None:
     return point.load.throughput_rps if point else None
 
 
+def bound_beside(model: ModelResults, fmt: str) -> BoundBeside | None:
+    served = model.served.get(ours(fmt))
+    return served.bound_beside if served else None
+
+
 def limit_rps(model: ModelResults, fmt: str) -> float | None:
-    limit = model.in_process.get(fmt)
-    return limit.limit_img_per_s if limit else None
+    """The in-process limit a format's served figures are held to: the mean of the limits
+    measured beside its headline point, or, in runs without them, the one from the start."""
+    limit, beside = model.in_process.get(fmt), bound_beside(model, fmt)
+    if limit is None:
+        return None
+    return fmean(beside.limit_img_per_s) if beside else limit.limit_img_per_s
 
 
 def bound_figures(model: ModelResults, fmt: str) -> tuple[float, float, int] | None:
-    """The limit (img/s), exact preprocessing (ms per photo) and cores a format's served figures
-    are held to: the means of the figures measured beside its headline point, or, in runs
-    without them, those measured at the start."""
-    limit = model.in_process.get(fmt)
-    served = model.served.get(ours(fmt))
-    beside = served.bound_beside if served else None
-    if limit is None:
+    """The limit (img/s), exact preprocessing (ms per photo) and cores of a format's bound:
+    the means of the figures measured beside its headline point, or, in runs without them,
+    those measured at the start."""
+    limit, rate, beside = model.in_process.get(fmt), limit_rps(model, fmt), bound_beside(model, fmt)
+    preprocessing = fmean(beside.preprocessing_ms) if beside else model.preprocessing_ms
+    if limit is None or rate is None or preprocessing is None:
         return None
-    if beside is not None:
-        rate, preprocessing = fmean(beside.limit_img_per_s), fmean(beside.preprocessing_ms)
-        return rate, preprocessing, limit.threads
-    if model.preprocessing_ms is None:
-        return None
-    return limit.limit_img_per_s, model.preprocessing_ms, limit.threads
+    return rate, preprocessing, limit.threads
 
 
 def attainable(model: ModelResults, fmt: str) -> float | None:
@@ -218,7 +227,7 @@ def _notes(results: Results, name: str, model: ModelResults) -> Iterator[str]:
         if served is not None and preprocessing is not None:
             cap = attainable_img_per_s(rate, preprocessing, limit.threads)
             yield note("exact", fmt=fmt, cap=cap, share=cap / rate, ratio=served / cap)
-            beside = model.served[ours(fmt)].bound_beside
+            beside = bound_beside(model, fmt)
             bound = attainable(model, fmt)
             if beside and bound:
                 yield note(
@@ -258,13 +267,15 @@ class CpuRow:
     bound, busier cores alone cannot reach it: the server's own CPU per answer must fall.
     ``through_torchserve_rps``: the same with the model work plus TorchServe's own CPU per
     answer (the empty handler's, :func:`floor_ms`), what no handler inside TorchServe can pass
-    on this machine; None when either was not measured."""
+    on this machine; None when either was not measured. ``idle_ms``: the cores' time per answer
+    that no process used, so that the row accounts for every core's time."""
 
     model: str
     label: str
     rps: float
     busy_cores: float
     ms_per_answer: dict[str, float]
+    idle_ms: float
     model_work_ms: float | None
     ceiling_rps: float
     bound_rps: float | None
@@ -299,8 +310,9 @@ def cpu_rows(results: Results) -> list[CpuRow]:
             spent = point.cpu.ms_per_answer
             ceiling = cores * 1000 / max(sum(spent.values()), 1e-9)
             through = None if work is None or floor is None else cores * 1000 / (work + floor)
-            row = CpuRow(name, label, point.load.throughput_rps, point.cpu.busy_cores, spent,
-                         work, ceiling, bound, through)  # fmt: skip
+            rps, busy = point.load.throughput_rps, point.cpu.busy_cores
+            idle = max(0.0, cores - busy) * 1000 / rps
+            row = CpuRow(name, label, rps, busy, spent, idle, work, ceiling, bound, through)
             found.append(row)
     return found
 
@@ -312,6 +324,12 @@ def busiest_other(results: Results) -> float:
         *(limit.other for *_, limit in results.limits()),
         *(point.other for *_, point in results.points()),
         *(busy.other for busy in results.all_busy.values()),
+        *(
+            served.bound_beside.other
+            for model in results.models.values()
+            for served in model.served.values()
+            if served.bound_beside
+        ),
     ]
     return max(other.other_cores for other in others)
 
