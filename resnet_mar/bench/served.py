@@ -45,12 +45,14 @@ class Clients:
                 points, beside = [], []
                 for c in concurrencies:
                     bracketed = setup.bound_and_all_busy and c == HEADLINE_CONCURRENCY
-                    beside += [self.bound(server, setup, name)] if bracketed else []
+                    if bracketed:
+                        beside.append(self.bound(server, setup, name))
                     points.append(self.point(server, setup, name, c))
-                    beside += [self.bound(server, setup, name)] if bracketed else []
+                    if bracketed:
+                        beside.append(self.bound(server, setup, name))
                 sizes = self.jpeg_sizes(server, setup, name) if setup.jpeg_sizes else None
                 run.models[name].served[label] = results.ServedModel(
-                    startup_s, tuple(points), sizes, bound_beside(beside)
+                    startup_s, tuple(points), sizes, measured_around(beside)
                 )
             if setup.bound_and_all_busy and len(names) > 1:
                 run.all_busy[label] = self.all_busy(server, setup, run, names)
@@ -141,10 +143,11 @@ class Clients:
         return results.JpegSizes(found["small"], found["large"], round(ratio, 2))
 
 
-def bound_beside(
+def measured_around(
     measured: list[tuple[float, float, results.OtherLoad]],
 ) -> results.BoundBeside | None:
-    """The figures measured around the headline point, with the busier of their other loads."""
+    """The bound's figures measured around the headline point, with the busier of their other
+    loads; None for a setup not held to the bound."""
     if not measured:
         return None
     limits, preprocessing, others = zip(*measured, strict=True)
