@@ -76,15 +76,12 @@ def archive_stock(work: Workspace, model_format: str, models: list[str]) -> None
     """The same serialized file and label map behind TorchServe's own handler, no model-config
     (so TorchServe's defaults decide workers and batching)."""
     build, store = work.build(model_format), work.store(model_format, stock=True)
-    store.mkdir(parents=True, exist_ok=True)
-    archiver = Path(sys.executable).with_name("torch-model-archiver")
     for name in models:
         progress(f"archiving {name} for the stock setup (--handler image_classifier)")
         serialized = build / f"{name}{EXPORTERS[model_format][0]}"
-        command = [str(archiver), "--model-name", name, "--version", "1.0", "--force"]
-        command += ["--serialized-file", str(serialized), "--handler", "image_classifier"]
-        command += ["--extra-files", str(build / name / "index_to_name.json")]
-        run_quietly([*command, "--export-path", str(store)])
+        options = ["--serialized-file", str(serialized), "--handler", "image_classifier"]
+        options += ["--extra-files", str(build / name / "index_to_name.json")]
+        model_archiver(name, store, options)
 
 
 def archive_floor(work: Workspace, model_config: Path) -> None:
@@ -98,10 +95,16 @@ def archive_floor(work: Workspace, model_config: Path) -> None:
     config = store.parent / "model-config.yaml"
     config.write_text(yaml.safe_dump(settings, sort_keys=False))
     progress(f"archiving {FLOOR} (the empty handler, {model_config.name}'s serving settings)")
+    options = ["--handler", floor_handler.__file__, "--config-file", str(config)]
+    model_archiver(FLOOR, store, options)
+
+
+def model_archiver(name: str, store: Path, options: list[str]) -> None:
+    """``torch-model-archiver`` from this environment: ``name``'s archive into ``store``."""
+    store.mkdir(parents=True, exist_ok=True)
     archiver = Path(sys.executable).with_name("torch-model-archiver")
-    command = [str(archiver), "--model-name", FLOOR, "--version", "1.0", "--force"]
-    command += ["--handler", floor_handler.__file__, "--config-file", str(config)]
-    run_quietly([*command, "--export-path", str(store)])
+    command = [str(archiver), "--model-name", name, "--version", "1.0", "--force"]
+    run_quietly([*command, *options, "--export-path", str(store)])
 
 
 def run_quietly(command: list[str]) -> None:
